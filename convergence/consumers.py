@@ -1,0 +1,137 @@
+import asyncio
+import logging
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+
+from convergence import selectors, services
+from convergence.curves import LossCurve
+from simsched.broadcast import simulation_group
+from simsched.exceptions import ConflictError, ForbiddenError, NotFoundError
+from simsched.socket_auth import (
+    CLOSE_CONFLICT,
+    CLOSE_FORBIDDEN,
+    CLOSE_NOT_FOUND,
+    CLOSE_UNAUTHENTICATED,
+    is_signed_in,
+)
+from simulations import services as simulation_services
+from simulations.models import Simulation
+
+logger = logging.getLogger(__name__)
+
+
+class ConvergenceConsumer(AsyncJsonWebsocketConsumer):
+    """WS /ws/convergence/{id}: a snapshot, then every committed point and status change."""
+
+    async def connect(self):
+        self.simulation_id = int(self.scope["url_route"]["kwargs"]["simulation_id"])
+        self.group = simulation_group(self.simulation_id)
+        self.joined = False
+        await self.accept()
+        if not is_signed_in(self.scope):
+            return await self.close(code=CLOSE_UNAUTHENTICATED)
+        # Join before reading the snapshot, so nothing committed in between is missed
+        # (clients drop points they already have, by step).
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        self.joined = True
+        snapshot = await database_sync_to_async(selectors.convergence_snapshot)(
+            simulation_id=self.simulation_id
+        )
+        if snapshot is None:
+            return await self.close(code=CLOSE_NOT_FOUND)
+        await self.send_json(snapshot)
+
+    async def disconnect(self, code):
+        if getattr(self, "joined", False):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def convergence_points(self, event):
+        await self.send_json(
+            {"type": "points", "simulation_id": event["simulation_id"], "points": event["points"]}
+        )
+
+    async def simulation_status(self, event):
+        simulation = event["simulation"]
+        await self.send_json(
+            {
+                "type": "status",
+                "simulation_id": simulation["id"],
+                "status": simulation["status"],
+                "simulation": simulation,
+            }
+        )
+
+
+class SimulatedRunConsumer(AsyncJsonWebsocketConsumer):
+    """WS /ws/convergence/{id}/run: while open, the server runs the simulation itself.
+
+    Opening marks it running (placing a pending one on a machine first), a loop stores and
+    broadcasts a realistic loss curve at `?rate=` points per second, and closing finishes it.
+    """
+
+    TICK_SECONDS = 0.1
+
+    async def connect(self):
+        self.simulation_id = int(self.scope["url_route"]["kwargs"]["simulation_id"])
+        self.task = None
+        await self.accept()
+        if not is_signed_in(self.scope):
+            return await self.close(code=CLOSE_UNAUTHENTICATED)
+        try:
+            await database_sync_to_async(simulation_services.simulated_run_begin)(
+                simulation_id=self.simulation_id, user=self.scope["user"]
+            )
+        except NotFoundError:
+            return await self.close(code=CLOSE_NOT_FOUND)
+        except ForbiddenError:
+            return await self.close(code=CLOSE_FORBIDDEN)
+        except ConflictError as exc:
+            await self.send_json({"type": "error", "code": exc.code, "message": exc.message})
+            return await self.close(code=CLOSE_CONFLICT)
+        await self.send_json(
+            {"type": "run", "simulation_id": self.simulation_id, "status": "running"}
+        )
+        self.task = asyncio.create_task(self._run(self._rate()))
+
+    def _rate(self) -> float:
+        from urllib.parse import parse_qs
+
+        query = parse_qs(self.scope.get("query_string", b"").decode())
+        try:
+            rate = float(query.get("rate", [settings.SIMSCHED_SIMULATED_RATE])[0])
+        except ValueError:
+            rate = settings.SIMSCHED_SIMULATED_RATE
+        return min(max(rate, 1.0), 1000.0)
+
+    async def _run(self, rate: float):
+        interval = max(self.TICK_SECONDS, 1.0 / rate)
+        per_tick = max(1, round(rate * interval))
+        curve = LossCurve(self.simulation_id, total_steps=int(rate * 300))
+        step = await database_sync_to_async(services.next_free_step)(self.simulation_id)
+        try:
+            while True:
+                status = await database_sync_to_async(services.simulated_run_tick)(
+                    simulation_id=self.simulation_id, curve=curve, first_step=step, count=per_tick
+                )
+                step += per_tick
+                if status != Simulation.Status.RUNNING:
+                    await self.send_json(
+                        {"type": "run", "simulation_id": self.simulation_id, "status": status}
+                    )
+                    return await self.close(code=1000)
+                await asyncio.sleep(interval)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("simulated run of simulation %s stopped", self.simulation_id)
+            await self.close(code=1011)
+
+    async def disconnect(self, code):
+        if self.task is None:
+            return
+        self.task.cancel()
+        await database_sync_to_async(simulation_services.simulated_run_end)(
+            simulation_id=self.simulation_id
+        )

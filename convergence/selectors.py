@@ -1,0 +1,240 @@
+"""Reads of convergence data: charts, incremental streams, pages and per-simulation stats."""
+
+import math
+
+from django.db import connection
+
+from convergence.models import ROLLUP_FANOUT, ROLLUP_LEVELS, ConvergencePoint, ConvergenceRollup
+from simsched.db import dictfetchall, dictfetchone
+from simsched.exceptions import NotFoundError
+from simulations.models import Simulation
+
+TOP_LEVEL = ROLLUP_LEVELS[-1]
+GRAPH_DEFAULT_POINTS = 1000
+GRAPH_MAX_POINTS = 10_000
+GRAPH_MIN_POINTS = 8
+STREAM_MAX_POINTS = 10_000
+
+ERR_SIMULATION_NOT_FOUND = "Simulation {simulation_id} does not exist."
+
+
+def _simulation_status(simulation_id: int) -> str:
+    status = Simulation.objects.filter(pk=simulation_id).values_list("status", flat=True).first()
+    if status is None:
+        raise NotFoundError(ERR_SIMULATION_NOT_FOUND.format(simulation_id=simulation_id))
+    return status
+
+
+def _decompose(first: int, last: int, level: int) -> list[tuple[int, int, int]]:
+    """Cover steps [first, last] with whole rollup buckets of `level` and below.
+
+    Returns (level, lo, hi) ranges: buckets lo..hi of that level, or raw steps lo..hi for
+    level 0. Only the two edges descend a level, so there are at most 2 * level + 1 ranges.
+    """
+    if first > last:
+        return []
+    if level == 0:
+        return [(0, first, last)]
+    width = ROLLUP_FANOUT**level
+    lo, hi = -(-first // width), (last + 1) // width - 1
+    if lo > hi:
+        return _decompose(first, last, level - 1)
+    return [
+        *_decompose(first, lo * width - 1, level - 1),
+        (level, lo, hi),
+        *_decompose((hi + 1) * width, last, level - 1),
+    ]
+
+
+_RAW_PIECE = """
+    SELECT step, loss_value, step, loss_value, step, loss_value, step, loss_value, 1
+    FROM convergence_data WHERE simulation_id = %s AND step BETWEEN %s AND %s
+"""
+_ROLLUP_PIECE = """
+    SELECT first_step, first_loss, last_step, last_loss, min_step, min_loss, max_step, max_loss,
+        count
+    FROM convergence_rollup
+    WHERE simulation_id = %s AND level = %s AND bucket BETWEEN %s AND %s
+"""
+_BUCKETS = """
+    WITH pieces(fs, fl, ls, ll, mins, minl, maxs, maxl, n) AS ({pieces}),
+    ranked AS (
+        SELECT fs / %s AS bucket,
+            sum(n) OVER w AS n,
+            first_value(fs) OVER (w ORDER BY fs) AS first_step,
+            first_value(fl) OVER (w ORDER BY fs) AS first_loss,
+            first_value(ls) OVER (w ORDER BY ls DESC) AS last_step,
+            first_value(ll) OVER (w ORDER BY ls DESC) AS last_loss,
+            first_value(mins) OVER (w ORDER BY minl, mins) AS min_step,
+            first_value(minl) OVER (w ORDER BY minl, mins) AS min_loss,
+            first_value(maxs) OVER (w ORDER BY maxl DESC, maxs) AS max_step,
+            first_value(maxl) OVER (w ORDER BY maxl DESC, maxs) AS max_loss,
+            row_number() OVER (w ORDER BY fs) AS rn
+        FROM pieces
+        WINDOW w AS (PARTITION BY fs / %s)
+    )
+    SELECT bucket, n, first_step, first_loss, last_step, last_loss, min_step, min_loss,
+        max_step, max_loss
+    FROM ranked WHERE rn = 1 ORDER BY bucket
+"""
+
+
+def _bounds(cursor, simulation_id: int) -> tuple[int | None, int | None]:
+    cursor.execute(
+        """
+        SELECT min(first_step) AS first, max(last_step) AS last
+        FROM convergence_rollup WHERE simulation_id = %s AND level = %s
+        """,
+        [simulation_id, TOP_LEVEL],
+    )
+    row = dictfetchone(cursor)
+    return row["first"], row["last"]
+
+
+def _bucket_rows(cursor, simulation_id, first, last, level, width) -> list[dict]:
+    ranges = _decompose(first, last, level)
+    sql, params = [], []
+    for range_level, lo, hi in ranges:
+        if range_level == 0:
+            sql.append(_RAW_PIECE)
+            params += [simulation_id, lo, hi]
+        else:
+            sql.append(_ROLLUP_PIECE)
+            params += [simulation_id, range_level, lo, hi]
+    cursor.execute(_BUCKETS.format(pieces=" UNION ALL ".join(sql)), [*params, width, width])
+    return dictfetchall(cursor)
+
+
+def _raw_points(cursor, simulation_id: int, first: int, last: int) -> list[dict]:
+    cursor.execute(
+        """
+        SELECT step, loss_value AS loss FROM convergence_data
+        WHERE simulation_id = %s AND step BETWEEN %s AND %s ORDER BY step
+        """,
+        [simulation_id, first, last],
+    )
+    return dictfetchall(cursor)
+
+
+def _bucket_points(bucket: dict) -> list[dict]:
+    """A bucket's first, min, max and last point, in step order, each once."""
+    extremes = {
+        bucket["first_step"]: bucket["first_loss"],
+        bucket["min_step"]: bucket["min_loss"],
+        bucket["max_step"]: bucket["max_loss"],
+        bucket["last_step"]: bucket["last_loss"],
+    }
+    return [{"step": step, "loss": extremes[step]} for step in sorted(extremes)]
+
+
+def convergence_graph(
+    *,
+    simulation_id: int,
+    max_points: int = GRAPH_DEFAULT_POINTS,
+    from_step: int | None = None,
+    to_step: int | None = None,
+) -> dict:
+    """Bare SQL by design: a chart of at most `max_points` points from the step rollup.
+
+    The window is cut into equal step buckets aligned to rollup buckets; each keeps its first,
+    minimum, maximum and last point, so no spike is lost. Reads a few thousand rollup rows
+    whatever the simulation's size. A window with no more than `max_points` raw points is
+    returned as is.
+    """
+    status = _simulation_status(simulation_id)
+    result = {
+        "simulation_id": simulation_id,
+        "status": status,
+        "is_complete": status in Simulation.FINAL,
+        "from_step": from_step,
+        "to_step": to_step,
+        "raw_points": 0,
+        "returned_points": 0,
+        "downsampled": False,
+        "bucket_width": 1,
+        "points": [],
+    }
+    with connection.cursor() as cursor:
+        data_first, data_last = _bounds(cursor, simulation_id)
+        if data_first is None:
+            return result
+        first = max(from_step if from_step is not None else data_first, data_first)
+        last = min(to_step if to_step is not None else data_last, data_last)
+        result.update(from_step=first, to_step=last)
+        if first > last:
+            return result
+        buckets_wanted = max(max_points // 4 - 1, 1)
+        per_bucket = (last - first + 1) / buckets_wanted
+        level = max((lvl for lvl in ROLLUP_LEVELS if ROLLUP_FANOUT**lvl <= per_bucket), default=0)
+        level_width = ROLLUP_FANOUT**level
+        width = level_width * max(math.ceil(per_bucket / level_width), 1)
+        buckets = _bucket_rows(cursor, simulation_id, first, last, level, width)
+        raw_count = sum(b["n"] for b in buckets)
+        result["raw_points"] = raw_count
+        if raw_count <= max_points:
+            points = _raw_points(cursor, simulation_id, first, last)
+        else:
+            points = [p for bucket in buckets for p in _bucket_points(bucket)]
+            result.update(downsampled=True, bucket_width=width)
+    result.update(points=points, returned_points=len(points))
+    return result
+
+
+def points_since(
+    *, simulation_id: int, since_step: int = -1, limit: int = STREAM_MAX_POINTS
+) -> dict:
+    """Points after `since_step`, in step order, for clients that catch up incrementally."""
+    status = _simulation_status(simulation_id)
+    rows = list(
+        ConvergencePoint.objects.filter(simulation_id=simulation_id, step__gt=since_step)
+        .order_by("step")
+        .values("step", "loss_value", "timestamp")[: limit + 1]
+    )
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "simulation_id": simulation_id,
+        "status": status,
+        "is_complete": status in Simulation.FINAL,
+        "since_step": since_step,
+        "last_step": rows[-1]["step"] if rows else since_step,
+        "has_more": has_more,
+        "points": [
+            {"step": r["step"], "loss": r["loss_value"], "timestamp": r["timestamp"]} for r in rows
+        ],
+    }
+
+
+def simulation_point_stats(simulation_ids) -> dict[int, dict]:
+    """Points so far, latest and best loss per simulation, from the coarsest rollup level."""
+    stats: dict[int, dict] = {}
+    rows = ConvergenceRollup.objects.filter(level=TOP_LEVEL, simulation_id__in=simulation_ids)
+    for row in rows.order_by("simulation_id", "bucket"):
+        entry = stats.setdefault(
+            row.simulation_id, {"points": 0, "best_loss": row.min_loss, "last_step": None}
+        )
+        entry["points"] += row.count
+        entry["best_loss"] = min(entry["best_loss"], row.min_loss)
+        entry["last_step"], entry["latest_loss"] = row.last_step, row.last_loss
+    return stats
+
+
+SNAPSHOT_MAX_POINTS = 2000
+
+
+def convergence_snapshot(*, simulation_id: int) -> dict | None:
+    """What a socket sends first: the simulation and its chart-ready history."""
+    from simulations.events import simulation_payload
+
+    simulation = Simulation.objects.select_related("machine").filter(pk=simulation_id).first()
+    if simulation is None:
+        return None
+    graph = convergence_graph(simulation_id=simulation_id, max_points=SNAPSHOT_MAX_POINTS)
+    return {
+        "type": "snapshot",
+        "simulation": simulation_payload(simulation),
+        "points": graph["points"],
+        "raw_points": graph["raw_points"],
+        "downsampled": graph["downsampled"],
+        "last_step": graph["to_step"],
+    }

@@ -1,0 +1,58 @@
+from rest_framework import serializers
+
+from machines.models import Machine
+
+
+class MachineSerializer(serializers.ModelSerializer):
+    current_simulation = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Machine
+        fields = [
+            "id",
+            "name",
+            "cpu",
+            "gpu",
+            "memory",
+            "cpu_cores",
+            "gpu_count",
+            "hourly_cost",
+            "status",
+            "current_simulation",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["status", "created_at", "updated_at"]
+        extra_kwargs = {
+            "memory": {"min_value": 1, "max_value": 1_000_000},
+            "cpu_cores": {"min_value": 1, "max_value": 100_000},
+            "gpu_count": {"min_value": 0, "max_value": 1024},
+            "hourly_cost": {"min_value": 0},
+        }
+
+    def get_current_simulation(self, machine) -> int | None:
+        active = getattr(machine, "active_simulation_ids", None)
+        if active is not None:
+            return active[0] if active else None
+        from simulations.models import Simulation
+
+        return (
+            Simulation.objects.filter(machine=machine, status__in=Simulation.ACTIVE)
+            .values_list("id", flat=True)
+            .first()
+        )
+
+
+class MachineStatusSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=Machine.Status.choices)
+
+
+class UtilisationSerializer(serializers.Serializer):
+    machines = serializers.IntegerField()
+    available = serializers.IntegerField()
+    busy = serializers.IntegerField()
+    maintenance = serializers.IntegerField()
+    utilisation = serializers.FloatField(help_text="Busy share of machines not in maintenance.")
+    gpu_utilisation = serializers.FloatField()
+    busy_hourly_cost = serializers.DecimalField(max_digits=12, decimal_places=2)
+    idle_hourly_cost = serializers.DecimalField(max_digits=12, decimal_places=2)

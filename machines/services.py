@@ -1,0 +1,84 @@
+"""Writes to the fleet."""
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.db.models.deletion import ProtectedError
+
+from machines.events import machine_changed
+from machines.models import Machine
+from simsched.exceptions import ApplicationError, ConflictError
+from simulations.models import Simulation
+from simulations.scheduler import request_assignment
+
+ERR_BUSY_BY_HAND = "'busy' is set by the scheduler; set 'available' or 'maintenance'."
+ERR_DELETE_WITH_SIMULATIONS = "Machine {name} has simulations; it cannot be deleted."
+AGENT_USERNAME = "agent-{name}"
+
+
+@transaction.atomic
+def machine_create(**fields) -> Machine:
+    machine = Machine(**fields)
+    if machine.status == Machine.Status.BUSY:
+        raise ApplicationError(ERR_BUSY_BY_HAND, fields={"status": [ERR_BUSY_BY_HAND]})
+    machine.full_clean()
+    machine.save()
+    machine_changed(machine)
+    request_assignment()
+    return machine
+
+
+@transaction.atomic
+def machine_update(*, machine: Machine, data: dict) -> Machine:
+    machine = Machine.objects.select_for_update().get(pk=machine.pk)
+    for field, value in data.items():
+        setattr(machine, field, value)
+    machine.full_clean()
+    machine.save()
+    machine_changed(machine)
+    request_assignment()  # more capacity may fit waiting work
+    return machine
+
+
+@transaction.atomic
+def machine_set_status(*, machine: Machine, status: str) -> Machine:
+    """Operators move machines between available and maintenance. A busy machine put into
+    maintenance drains: it keeps its simulation and takes no new one. Back to available, it
+    takes work again at once (or stays busy while its simulation runs)."""
+    if status == Machine.Status.BUSY:
+        raise ApplicationError(ERR_BUSY_BY_HAND, fields={"status": [ERR_BUSY_BY_HAND]})
+    machine = Machine.objects.select_for_update().get(pk=machine.pk)
+    occupied = Simulation.objects.filter(machine=machine, status__in=Simulation.ACTIVE).exists()
+    if status == Machine.Status.AVAILABLE and occupied:
+        status = Machine.Status.BUSY
+    if machine.status != status:
+        machine.status = status
+        machine.save(update_fields=["status", "updated_at"])
+        machine_changed(machine)
+    if status == Machine.Status.AVAILABLE:
+        request_assignment()
+    return machine
+
+
+def machine_delete(*, machine: Machine) -> None:
+    try:
+        with transaction.atomic():
+            machine.delete()
+    except ProtectedError as exc:
+        raise ConflictError(
+            ERR_DELETE_WITH_SIMULATIONS.format(name=machine.name), code="machine_in_use"
+        ) from exc
+
+
+@transaction.atomic
+def machine_agent_user(*, machine: Machine):
+    """The account the machine's agent authenticates as, created on first use."""
+    machine = Machine.objects.select_for_update().get(pk=machine.pk)
+    if machine.agent_user_id is None:
+        user = get_user_model().objects.create_user(
+            username=AGENT_USERNAME.format(name=machine.name)[:150]
+        )
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+        machine.agent_user = user
+        machine.save(update_fields=["agent_user", "updated_at"])
+    return machine.agent_user

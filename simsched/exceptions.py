@@ -1,0 +1,88 @@
+"""One error shape for every 4xx/5xx the API gives.
+
+    {"error": {"code": "invalid", "message": "...", "fields": {"loss_value": ["..."]}}}
+
+`fields` is present for validation errors, `details` for extra machine-readable context
+(for example the current status on a 409).
+"""
+
+import logging
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import DatabaseError, InterfaceError, OperationalError
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.serializers import as_serializer_error
+from rest_framework.views import exception_handler
+
+logger = logging.getLogger(__name__)
+
+
+class ApplicationError(Exception):
+    """A business rule said no. Services raise these; the API turns them into the error shape."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_code = "invalid"
+
+    def __init__(self, message: str, *, code: str | None = None, fields=None, details=None):
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+        self.fields = fields
+        self.details = details
+
+
+class NotFoundError(ApplicationError):
+    status_code = status.HTTP_404_NOT_FOUND
+    default_code = "not_found"
+
+
+class ConflictError(ApplicationError):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conflict"
+
+
+def error_body(code: str, message: str, *, fields=None, details=None) -> dict:
+    error = {"code": code, "message": message}
+    if fields:
+        error["fields"] = fields
+    if details:
+        error["details"] = details
+    return {"error": error}
+
+
+def api_exception_handler(exc, context):
+    if isinstance(exc, ApplicationError):
+        body = error_body(exc.code, exc.message, fields=exc.fields, details=exc.details)
+        return Response(body, status=exc.status_code)
+    if isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError(as_serializer_error(exc))
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    if isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+    if isinstance(exc, OperationalError | InterfaceError) or type(exc) is DatabaseError:
+        logger.error("database unavailable: %s", exc)
+        body = error_body("database_unavailable", "The database is unavailable; retry shortly.")
+        return Response(
+            body, status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "5"}
+        )
+
+    response = exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        fields = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
+        response.data = error_body("invalid", "Invalid input.", fields=fields)
+    else:
+        detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)
+        code = getattr(detail, "code", None) or getattr(exc, "default_code", "error")
+        response.data = error_body(str(code), str(detail))
+    return response
+
+
+class ForbiddenError(ApplicationError):
+    status_code = status.HTTP_403_FORBIDDEN
+    default_code = "permission_denied"

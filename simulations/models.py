@@ -1,0 +1,158 @@
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+from machines.models import Machine
+
+PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
+
+
+class Simulation(models.Model):
+    """A unit of work that needs one machine, from queued to a final state."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SCHEDULED = "scheduled", "Scheduled"
+        RUNNING = "running", "Running"
+        FINISHED = "finished", "Finished"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    # The only place that knows the lifecycle. Pending <- scheduled/running is a requeue after
+    # the agent went silent; everything else moves forward.
+    TRANSITIONS = {
+        Status.PENDING: {Status.SCHEDULED, Status.CANCELLED},
+        Status.SCHEDULED: {Status.RUNNING, Status.PENDING, Status.FAILED, Status.CANCELLED},
+        Status.RUNNING: {Status.FINISHED, Status.FAILED, Status.CANCELLED, Status.PENDING},
+        Status.FINISHED: set(),
+        Status.FAILED: set(),
+        Status.CANCELLED: set(),
+    }
+    ACTIVE = (Status.SCHEDULED, Status.RUNNING)  # holds a machine
+    FINAL = (Status.FINISHED, Status.FAILED, Status.CANCELLED)
+
+    name = models.CharField(max_length=200)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="simulations",
+    )
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    machine = models.ForeignKey(
+        Machine,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="simulations",
+        help_text="The machine reserved for or running this simulation (kept when it ends).",
+    )
+    pinned_machine = models.ForeignKey(
+        Machine,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="pinned_simulations",
+        help_text="If set, the simulation runs only on this machine.",
+    )
+    priority = models.IntegerField(
+        default=0,
+        validators=[MinValueValidator(PRIORITY_MIN), MaxValueValidator(PRIORITY_MAX)],
+        help_text="Higher runs first; ties run oldest first.",
+    )
+    required_gpus = models.PositiveIntegerField(default=0)
+    required_memory = models.PositiveIntegerField(default=1, help_text="GB.")
+    required_cpu_cores = models.PositiveIntegerField(default=0, help_text="0 means any.")
+    hourly_cost = models.DecimalField(
+        max_digits=10,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        help_text="The machine's hourly cost when it was reserved.",
+    )
+    accrued_cost = models.DecimalField(
+        max_digits=14,
+        decimal_places=4,
+        default=Decimal("0"),
+        help_text="Cost of earlier placements that ended in a requeue.",
+    )
+    attempts = models.PositiveIntegerField(default=0, help_text="Requeues after silent agents.")
+    failure_reason = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    scheduled_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "simulations"
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            # The database refuses a double booking even if application code is wrong.
+            models.UniqueConstraint(
+                fields=["machine"],
+                condition=models.Q(status__in=["scheduled", "running"]),
+                name="one_active_simulation_per_machine",
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(status__in=["scheduled", "running"])
+                | models.Q(machine__isnull=False),
+                name="active_simulation_has_machine",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(
+                    status__in=[
+                        "pending",
+                        "scheduled",
+                        "running",
+                        "finished",
+                        "failed",
+                        "cancelled",
+                    ]
+                ),
+                name="simulation_status_valid",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "-priority", "created_at"], name="simulation_queue_idx"),
+            models.Index(fields=["status", "last_heartbeat_at"], name="simulation_heartbeat_idx"),
+            models.Index(fields=["name"], name="simulation_name_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def can_become(self, status: str) -> bool:
+        return status in self.TRANSITIONS[self.Status(self.status)]
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in self.FINAL
+
+    @property
+    def running_seconds(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at or timezone.now()
+        return max((end - self.started_at).total_seconds(), 0.0)
+
+    @property
+    def machine_seconds(self) -> float | None:
+        """Time the current (or last) placement has held its machine."""
+        if self.scheduled_at is None:
+            return None
+        end = self.finished_at or timezone.now()
+        return max((end - self.scheduled_at).total_seconds(), 0.0)
+
+    @property
+    def cost(self) -> Decimal:
+        """What the simulation has cost: earlier placements plus the current one."""
+        current = Decimal("0")
+        if self.hourly_cost is not None and self.machine_seconds is not None:
+            current = self.hourly_cost * Decimal(self.machine_seconds) / Decimal(3600)
+        return (self.accrued_cost + current).quantize(Decimal("0.0001"))

@@ -1,0 +1,5 @@
+from django.urls import path
+
+from simulations.consumers import FleetConsumer
+
+websocket_urlpatterns = [path("ws/fleet", FleetConsumer.as_asgi())]

@@ -1,0 +1,182 @@
+from rest_framework import serializers
+
+from convergence.selectors import simulation_point_stats
+from machines.models import Machine
+from machines.serializers import MachineSerializer
+from simulations.models import PRIORITY_MAX, PRIORITY_MIN, Simulation
+from simulations.selectors import simulation_wait_reasons
+
+
+class WaitReasonSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+
+
+class ProgressSerializer(serializers.Serializer):
+    points = serializers.IntegerField()
+    latest_loss = serializers.FloatField(allow_null=True)
+    best_loss = serializers.FloatField(allow_null=True)
+    last_step = serializers.IntegerField(allow_null=True)
+
+
+class SimulationListSerializer(serializers.ListSerializer):
+    """Looks up progress and wait reasons for a whole page at once."""
+
+    def to_representation(self, data):
+        items = list(data.all() if hasattr(data, "all") else data)
+        self.child.context["progress"] = simulation_point_stats([s.pk for s in items])
+        self.child.context["wait_reasons"] = simulation_wait_reasons(items)
+        return super().to_representation(items)
+
+
+class SimulationSerializer(serializers.ModelSerializer):
+    owner = serializers.CharField(source="owner.username", read_only=True, default=None)
+    machine_name = serializers.CharField(source="machine.name", read_only=True, default=None)
+    pinned_machine = serializers.PrimaryKeyRelatedField(
+        queryset=Machine.objects.all(),
+        required=False,
+        allow_null=True,
+        help_text="Run only on this machine.",
+    )
+    machine_id = serializers.PrimaryKeyRelatedField(
+        queryset=Machine.objects.all(),
+        required=False,
+        allow_null=True,
+        write_only=True,
+        source="pinned_machine",
+        help_text="Alias of pinned_machine (the original API's field).",
+    )
+    status = serializers.ChoiceField(
+        choices=Simulation.Status.choices,
+        required=False,
+        help_text="On update: running, finished, failed or cancelled, following the lifecycle.",
+    )
+    priority = serializers.IntegerField(
+        min_value=PRIORITY_MIN, max_value=PRIORITY_MAX, required=False
+    )
+    required_gpus = serializers.IntegerField(min_value=0, max_value=1024, required=False)
+    required_memory = serializers.IntegerField(min_value=1, max_value=1_000_000, required=False)
+    required_cpu_cores = serializers.IntegerField(min_value=0, max_value=100_000, required=False)
+    running_seconds = serializers.FloatField(read_only=True, allow_null=True)
+    cost = serializers.DecimalField(max_digits=14, decimal_places=4, read_only=True)
+    wait_reason = serializers.SerializerMethodField()
+    progress = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Simulation
+        list_serializer_class = SimulationListSerializer
+        # The one-active-simulation-per-machine constraint is the scheduler's and the
+        # database's business, not something a client's input can violate.
+        validators = []
+        fields = [
+            "id",
+            "name",
+            "owner",
+            "status",
+            "priority",
+            "required_gpus",
+            "required_memory",
+            "required_cpu_cores",
+            "machine",
+            "machine_name",
+            "pinned_machine",
+            "machine_id",
+            "wait_reason",
+            "progress",
+            "created_at",
+            "updated_at",
+            "scheduled_at",
+            "started_at",
+            "finished_at",
+            "last_heartbeat_at",
+            "attempts",
+            "failure_reason",
+            "running_seconds",
+            "hourly_cost",
+            "cost",
+        ]
+        read_only_fields = [
+            "machine",
+            "created_at",
+            "updated_at",
+            "scheduled_at",
+            "started_at",
+            "finished_at",
+            "last_heartbeat_at",
+            "attempts",
+            "failure_reason",
+            "hourly_cost",
+        ]
+
+    def validate_status(self, value):
+        if self.instance is None and value != Simulation.Status.PENDING:
+            raise serializers.ValidationError("A new simulation starts pending.")
+        return value
+
+    def get_wait_reason(self, simulation) -> WaitReasonSerializer(allow_null=True):
+        reasons = self.context.get("wait_reasons")
+        if reasons is None:
+            reasons = simulation_wait_reasons([simulation])
+        return reasons.get(simulation.pk)
+
+    def get_progress(self, simulation) -> ProgressSerializer:
+        progress = self.context.get("progress")
+        if progress is None:
+            progress = simulation_point_stats([simulation.pk])
+        found = progress.get(simulation.pk, {})
+        return {
+            "points": found.get("points", 0),
+            "latest_loss": found.get("latest_loss"),
+            "best_loss": found.get("best_loss"),
+            "last_step": found.get("last_step"),
+        }
+
+
+class BareSqlCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+
+
+class FailSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=500, required=False, allow_blank=True)
+
+
+class HeartbeatSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    status = serializers.CharField()
+    stop = serializers.BooleanField(help_text="True once the simulation has ended: stop working.")
+
+
+class DetailedMachineSerializer(MachineSerializer):
+    class Meta(MachineSerializer.Meta):
+        fields = [
+            "id",
+            "name",
+            "cpu",
+            "gpu",
+            "memory",
+            "cpu_cores",
+            "gpu_count",
+            "hourly_cost",
+            "status",
+        ]
+
+
+class DetailedSimulationSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    status = serializers.CharField()
+    priority = serializers.IntegerField()
+    required_gpus = serializers.IntegerField()
+    required_memory = serializers.IntegerField()
+    required_cpu_cores = serializers.IntegerField()
+    pinned_machine_id = serializers.IntegerField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    scheduled_at = serializers.DateTimeField(allow_null=True)
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    last_heartbeat_at = serializers.DateTimeField(allow_null=True)
+    attempts = serializers.IntegerField()
+    failure_reason = serializers.CharField(allow_blank=True)
+    hourly_cost = serializers.DecimalField(max_digits=10, decimal_places=2, allow_null=True)
+    machine = serializers.DictField(allow_null=True, help_text="The machine's details, or null.")

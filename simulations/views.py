@@ -1,0 +1,151 @@
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import get_object_or_404, render
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.response import Response
+
+from simsched.permissions import (
+    IsAgent,
+    IsAgentOfMachineOrStaff,
+    IsOwnerOrStaffForDelete,
+    IsPersonForWrites,
+    can_control_simulation,
+)
+from simulations import selectors, services
+from simulations.filters import SimulationFilter
+from simulations.models import Simulation
+from simulations.serializers import (
+    BareSqlCreateSerializer,
+    DetailedSimulationSerializer,
+    FailSerializer,
+    HeartbeatSerializer,
+    SimulationSerializer,
+)
+
+AGENT_PERMISSIONS = [IsAuthenticated, IsAgentOfMachineOrStaff]
+
+
+class SimulationViewSet(viewsets.ModelViewSet):
+    """Simulations: engineers create them, the scheduler places them, agents run them."""
+
+    queryset = Simulation.objects.select_related("machine", "owner").order_by("-created_at", "-id")
+    serializer_class = SimulationSerializer
+    filterset_class = SimulationFilter
+    ordering_fields = ["name", "created_at", "updated_at", "status", "priority", "started_at"]
+    ordering = ["-created_at", "-id"]
+    permission_classes = [IsAuthenticated, IsPersonForWrites, IsOwnerOrStaffForDelete]
+    lookup_value_regex = r"[0-9]+"
+
+    def perform_create(self, serializer):
+        data = {k: v for k, v in serializer.validated_data.items() if k != "status"}
+        serializer.instance = services.simulation_create(owner=self.request.user, **data)
+
+    def perform_update(self, serializer):
+        serializer.instance = services.simulation_update(
+            simulation=serializer.instance, data=serializer.validated_data
+        )
+
+    def perform_destroy(self, instance):
+        services.simulation_delete(simulation=instance)
+
+    def _respond(self, simulation, code=status.HTTP_200_OK):
+        simulation = self.get_queryset().get(pk=simulation.pk)
+        return Response(self.get_serializer(simulation).data, status=code)
+
+    @extend_schema(
+        responses=DetailedSimulationSerializer, summary="A simulation with its machine (bare SQL)"
+    )
+    @action(detail=True, methods=["get"])
+    def detailed(self, request, pk=None):
+        detailed = selectors.simulation_detailed(simulation_id=int(pk))
+        return Response(DetailedSimulationSerializer(detailed).data)
+
+    @extend_schema(
+        request=BareSqlCreateSerializer,
+        responses={201: SimulationSerializer, 404: OpenApiResponse(description="No such machine")},
+        parameters=[OpenApiParameter("id", int, OpenApiParameter.PATH, description="A machine id")],
+        summary="Create a simulation pinned to machine {id} with bare SQL",
+    )
+    @action(detail=True, methods=["post"], url_path="create-bare-sql")
+    def create_bare_sql(self, request, pk=None):
+        serializer = BareSqlCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        simulation_id = services.simulation_create_bare_sql(
+            machine_id=int(pk), name=serializer.validated_data["name"], owner=request.user
+        )
+        return self._respond(Simulation(pk=simulation_id), status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses=SimulationSerializer)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        simulation = self.get_object()
+        if not (request.user.is_staff or simulation.owner_id in (None, request.user.pk)):
+            self.permission_denied(request, "Only the owner or staff may cancel a simulation.")
+        return self._respond(services.simulation_cancel(simulation=simulation))
+
+    @extend_schema(request=None, responses=SimulationSerializer, tags=["agent"])
+    @action(detail=True, methods=["post"], permission_classes=AGENT_PERMISSIONS)
+    def start(self, request, pk=None):
+        return self._respond(services.simulation_start(simulation=self.get_object()))
+
+    @extend_schema(request=None, responses=HeartbeatSerializer, tags=["agent"])
+    @action(detail=True, methods=["post"], permission_classes=AGENT_PERMISSIONS)
+    def heartbeat(self, request, pk=None):
+        simulation = services.simulation_heartbeat(simulation=self.get_object())
+        return Response(
+            {"id": simulation.pk, "status": simulation.status, "stop": simulation.is_final}
+        )
+
+    @extend_schema(request=None, responses=SimulationSerializer, tags=["agent"])
+    @action(detail=True, methods=["post"], permission_classes=AGENT_PERMISSIONS)
+    def finish(self, request, pk=None):
+        return self._respond(services.simulation_finish(simulation=self.get_object()))
+
+    @extend_schema(request=FailSerializer, responses=SimulationSerializer, tags=["agent"])
+    @action(detail=True, methods=["post"], permission_classes=AGENT_PERMISSIONS)
+    def fail(self, request, pk=None):
+        serializer = FailSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        reason = serializer.validated_data.get("reason", "")
+        return self._respond(services.simulation_fail(simulation=self.get_object(), reason=reason))
+
+
+class AgentViewSet(viewsets.GenericViewSet):
+    """For the agent running on a machine, authenticated with the machine's agent token."""
+
+    permission_classes = [IsAuthenticated, IsAgent]
+    serializer_class = SimulationSerializer
+    queryset = Simulation.objects.none()
+
+    @extend_schema(
+        request=None,
+        responses={200: SimulationSerializer, 204: OpenApiResponse(description="Nothing to do")},
+        tags=["agent"],
+        summary="Claim the simulation reserved for my machine",
+    )
+    @action(detail=False, methods=["post"])
+    def claim(self, request):
+        simulation = services.simulation_claim(machine=request.user.agent_machine)
+        if simulation is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response(self.get_serializer(simulation).data)
+
+
+# --- Dashboard pages ------------------------------------------------------------------------------
+
+
+@login_required
+def dashboard(request):
+    return render(request, "dashboard/fleet.html")
+
+
+@login_required
+def simulation_page(request, simulation_id: int):
+    simulation = get_object_or_404(Simulation.objects.select_related("machine"), pk=simulation_id)
+    context = {
+        "simulation": simulation,
+        "can_control": can_control_simulation(request.user, simulation),
+    }
+    return render(request, "dashboard/simulation.html", context)
