@@ -99,7 +99,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test-db.sqlite3")}
+# Parallel test runs (CI's two passes, developers' shells) each name their own test database.
+_TEST_DB = os.environ.get("SIMSCHED_TEST_DB", "")
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / f"test-db{_TEST_DB}.sqlite3")}
+elif _TEST_DB:
+    DATABASES["default"]["TEST"] = {"NAME": f"test_simsched{_TEST_DB}"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Channels -----------------------------------------------------------------------------------
@@ -109,7 +114,12 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "capacity": 1500, "expiry": 30},
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "prefix": os.environ.get("REDIS_PREFIX", "simsched"),
+                "capacity": 1500,
+                "expiry": 30,
+            },
         }
     }
 else:

@@ -1,0 +1,28 @@
+# The two commands:  `make run` (serve with demo data on :8000)  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test install lint e2e-deps
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Install, migrate, seed demo data, and serve on http://127.0.0.1:8000 with the scheduler
+## and demo agents running beside the server.
+run: install
+	bin/serve
+
+## Install everything and run the whole test suite.
+test: install
+	bin/test
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
