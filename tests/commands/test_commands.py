@@ -1,0 +1,117 @@
+import io
+import threading
+
+import pytest
+from django.core.management import CommandError, call_command
+from rest_framework.authtoken.models import Token
+
+from convergence.models import ConvergencePoint
+from machines.models import Machine
+from simulations.models import Simulation
+from tests.factories import make_machine, make_simulation, make_user
+
+
+def run(*args, **options) -> str:
+    out = io.StringIO()
+    call_command(*args, stdout=out, stderr=io.StringIO(), **options)
+    return out.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_seed_creates_a_fleet_simulations_in_every_status_and_curves():
+    run("seed", machines=12, simulations=40, points=400)
+    statuses = set(Simulation.objects.values_list("status", flat=True))
+    assert statuses >= {"pending", "scheduled", "running", "finished", "failed", "cancelled"}
+    assert Machine.objects.count() == 12
+    assert Machine.objects.filter(status=Machine.Status.MAINTENANCE).count() == 1
+    finished = Simulation.objects.filter(status="finished").first()
+    losses = list(finished.points.order_by("step").values_list("loss_value", flat=True))
+    assert len(losses) == 400
+    assert sum(losses[-40:]) / 40 < sum(losses[:40]) / 40 / 2  # it converges
+    for simulation in Simulation.objects.filter(status__in=Simulation.ACTIVE):
+        assert simulation.machine.status == Machine.Status.BUSY
+
+
+@pytest.mark.django_db(transaction=True)
+def test_seed_is_idempotent():
+    run("seed", machines=8, simulations=20, points=100)
+    counts = (Machine.objects.count(), Simulation.objects.count(), ConvergencePoint.objects.count())
+    output = run("seed", machines=8, simulations=20, points=100)
+    assert (
+        Machine.objects.count(),
+        Simulation.objects.count(),
+        ConvergencePoint.objects.count(),
+    ) == counts
+    assert "New simulations: 0" in output
+
+
+@pytest.mark.django_db(transaction=True)
+def test_issue_token_for_a_machine_agent_acts_for_that_machine():
+    machine = make_machine(name="gpu-a")
+    key = run("issue_token", machine="gpu-a").strip()
+    token = Token.objects.get(key=key)
+    assert token.user.agent_machine == machine
+    assert run("issue_token", machine="gpu-a").strip() == key
+    assert run("issue_token", machine="gpu-a", rotate=True).strip() != key
+
+
+@pytest.mark.django_db(transaction=True)
+def test_issue_token_for_a_user_and_unknown_names():
+    make_user("alice")
+    assert Token.objects.filter(
+        user__username="alice", key=run("issue_token", user="alice").strip()
+    )
+    with pytest.raises(CommandError):
+        run("issue_token", user="nobody")
+    with pytest.raises(CommandError):
+        run("issue_token", machine="no-such-machine")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_scheduler_once_reaps_silent_agents_and_assigns(settings):
+    settings.SIMSCHED_HEARTBEAT_TIMEOUT = 0
+    settings.SIMSCHED_MAX_RETRIES = 0
+    machine = make_machine()
+    stuck = make_simulation()
+    waiting = make_simulation()
+    assert Simulation.objects.get(pk=stuck.pk).machine == machine
+    output = run("scheduler", once=True)
+    assert Simulation.objects.get(pk=stuck.pk).status == Simulation.Status.FAILED
+    assert Simulation.objects.get(pk=waiting.pk).status == Simulation.Status.SCHEDULED
+    assert "failed 1" in output
+
+
+@pytest.mark.django_db(transaction=True)
+def test_demo_operator_is_created_once():
+    run("demo_operator")
+    run("demo_operator")
+    from django.contrib.auth import get_user_model
+
+    operator = get_user_model().objects.get(username="operator")
+    assert operator.is_staff and operator.check_password("operator")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_demo_agents_claim_report_and_finish_over_http(live_server):
+    """Agents use nothing but the HTTP API: claim, start, batches of points, heartbeat, finish."""
+    machine = make_machine()
+    simulation = make_simulation()
+    assert Simulation.objects.get(pk=simulation.pk).machine == machine
+    worker = threading.Thread(
+        target=run,
+        args=("agents",),
+        kwargs={
+            "url": live_server.url,
+            "points": 120,
+            "batch": 40,
+            "interval": 0.0,
+            "claim_interval": 0.1,
+            "duration": 4.0,
+        },
+    )
+    worker.start()
+    worker.join()
+    simulation.refresh_from_db()
+    assert simulation.status == Simulation.Status.FINISHED
+    assert simulation.points.count() == 120
+    assert Machine.objects.get(pk=machine.pk).status == Machine.Status.AVAILABLE
