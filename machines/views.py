@@ -22,13 +22,16 @@ class MachineViewSet(viewsets.ModelViewSet):
     permission_classes = [IsAuthenticated, IsStaffOrReadOnly]
     lookup_value_regex = r"[0-9]+"
 
+    # The response re-reads the machine: assignment ran on commit and may have made it busy.
     def perform_create(self, serializer):
-        serializer.instance = services.machine_create(**serializer.validated_data)
+        machine = services.machine_create(**serializer.validated_data)
+        serializer.instance = self.get_queryset().get(pk=machine.pk)
 
     def perform_update(self, serializer):
-        serializer.instance = services.machine_update(
+        machine = services.machine_update(
             machine=serializer.instance, data=serializer.validated_data
         )
+        serializer.instance = self.get_queryset().get(pk=machine.pk)
 
     def perform_destroy(self, instance):
         services.machine_delete(machine=instance)
