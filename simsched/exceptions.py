@@ -8,14 +8,19 @@
 
 import logging
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions, status
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.serializers import as_serializer_error
 from rest_framework.views import exception_handler
+
+from simsched.parsers import PayloadTooLarge
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +58,15 @@ def error_body(code: str, message: str, *, fields=None, details=None) -> dict:
     return {"error": error}
 
 
+def _answer_errors_in_json(request) -> None:
+    """A failed download (`?format=csv`) still answers in the one JSON error shape."""
+    renderer = getattr(request, "accepted_renderer", None)
+    if renderer is not None and renderer.format not in ("json", "api"):
+        request.accepted_renderer, request.accepted_media_type = JSONRenderer(), "application/json"
+
+
 def api_exception_handler(exc, context):
+    _answer_errors_in_json(context.get("request"))
     if isinstance(exc, ApplicationError):
         body = error_body(exc.code, exc.message, fields=exc.fields, details=exc.details)
         return Response(body, status=exc.status_code)
@@ -63,6 +76,11 @@ def api_exception_handler(exc, context):
         exc = exceptions.NotFound()
     if isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
+    if isinstance(exc, RequestDataTooBig):
+        # DRF reads request.body for JSON, so Django's size check fires before our parser's.
+        exc = PayloadTooLarge(
+            f"The request body is larger than {settings.MAX_REQUEST_BYTES} bytes."
+        )
     if isinstance(exc, OperationalError | InterfaceError) or type(exc) is DatabaseError:
         logger.error("database unavailable: %s", exc)
         body = error_body("database_unavailable", "The database is unavailable; retry shortly.")
