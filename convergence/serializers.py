@@ -65,7 +65,10 @@ class BatchInputSerializer(serializers.Serializer):
     """Documents the batch body; `parse_point_batch` validates it (10,000 points must not pay
     for 10,000 serializer instances)."""
 
-    points = BatchPointSerializer(many=True, max_length=MAX_BATCH_POINTS, min_length=1)
+    # A ListField (not many=True) so the schema shows minItems/maxItems.
+    points = serializers.ListField(
+        child=BatchPointSerializer(), min_length=1, max_length=MAX_BATCH_POINTS
+    )
 
 
 class BatchResultSerializer(serializers.Serializer):
