@@ -7,19 +7,13 @@ def agent_machine_id(user) -> int | None:
     """The machine whose agent `user` is, or None for a person."""
     if not user or not user.is_authenticated:
         return None
-    machine = getattr(user, "agent_machine", None)  # OneToOne reverse; absent for people
+    # The reverse one-to-one raises RelatedObjectDoesNotExist, an AttributeError, for people.
+    machine = getattr(user, "agent_machine", None)
     return machine.pk if machine else None
 
 
-def _safe_agent_machine(user):
-    try:
-        return agent_machine_id(user)
-    except Exception:  # noqa: BLE001 - RelatedObjectDoesNotExist for people
-        return None
-
-
 def is_agent(user) -> bool:
-    return _safe_agent_machine(user) is not None
+    return agent_machine_id(user) is not None
 
 
 class IsStaffOrReadOnly(BasePermission):
@@ -55,7 +49,7 @@ class IsAgentOfMachineOrStaff(BasePermission):
     def has_object_permission(self, request, view, obj):
         if request.user.is_staff:
             return True
-        machine_id = _safe_agent_machine(request.user)
+        machine_id = agent_machine_id(request.user)
         return machine_id is not None and machine_id == obj.machine_id
 
 
@@ -70,7 +64,7 @@ def can_write_points(user, simulation) -> bool:
     """Staff, the simulation's owner, or the agent of the machine it runs on."""
     if user.is_staff or (simulation.owner_id is not None and simulation.owner_id == user.pk):
         return True
-    machine_id = _safe_agent_machine(user)
+    machine_id = agent_machine_id(user)
     if machine_id is not None:
         return machine_id == simulation.machine_id
     return simulation.owner_id is None
