@@ -40,19 +40,24 @@ class SimulationViewSet(viewsets.ModelViewSet):
 
     def perform_create(self, serializer):
         data = {k: v for k, v in serializer.validated_data.items() if k != "status"}
-        serializer.instance = services.simulation_create(owner=self.request.user, **data)
+        simulation = services.simulation_create(owner=self.request.user, **data)
+        serializer.instance = self._current(simulation)
 
     def perform_update(self, serializer):
-        serializer.instance = services.simulation_update(
+        simulation = services.simulation_update(
             simulation=serializer.instance, data=serializer.validated_data
         )
+        serializer.instance = self._current(simulation)
+
+    def _current(self, simulation):
+        """As stored now: the scheduler may have placed it when the write committed."""
+        return self.get_queryset().get(pk=simulation.pk)
 
     def perform_destroy(self, instance):
         services.simulation_delete(simulation=instance)
 
     def _respond(self, simulation, code=status.HTTP_200_OK):
-        simulation = self.get_queryset().get(pk=simulation.pk)
-        return Response(self.get_serializer(simulation).data, status=code)
+        return Response(self.get_serializer(self._current(simulation)).data, status=code)
 
     @extend_schema(
         responses=DetailedSimulationSerializer, summary="A simulation with its machine (bare SQL)"
