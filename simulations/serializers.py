@@ -149,15 +149,9 @@ class HeartbeatSerializer(serializers.Serializer):
 class DetailedMachineSerializer(MachineSerializer):
     class Meta(MachineSerializer.Meta):
         fields = [
-            "id",
-            "name",
-            "cpu",
-            "gpu",
-            "memory",
-            "cpu_cores",
-            "gpu_count",
-            "hourly_cost",
-            "status",
+            f
+            for f in MachineSerializer.Meta.fields
+            if f not in ("current_simulation", "created_at", "updated_at")
         ]
 
 
@@ -179,4 +173,4 @@ class DetailedSimulationSerializer(serializers.Serializer):
     attempts = serializers.IntegerField()
     failure_reason = serializers.CharField(allow_blank=True)
     hourly_cost = serializers.DecimalField(max_digits=10, decimal_places=2, allow_null=True)
-    machine = serializers.DictField(allow_null=True, help_text="The machine's details, or null.")
+    machine = DetailedMachineSerializer(allow_null=True, help_text="Its machine, or null.")
