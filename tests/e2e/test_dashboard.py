@@ -25,6 +25,19 @@ pytestmark = pytest.mark.e2e
 CHART_STEPS = """() => Chart.getChart(document.getElementById("chart")).data.datasets[0].data
     .map((p) => p.x)"""
 SHOWN = f"({CHART_STEPS})()"  # the chart's steps, as an expression
+CHART_AREA = """(() => {
+    const { left, right, top, bottom } = Chart.getChart(document.getElementById("chart")).chartArea;
+    return { left, right, top, bottom };
+})()"""
+CHART_SETTINGS = """(() => {
+    const chart = Chart.getChart(document.getElementById("chart"));
+    const [loss, smoothed] = chart.data.datasets;
+    return {
+        scale: chart.options.scales.y.type,
+        smoothed: !smoothed.hidden,
+        same_length: smoothed.data.length === loss.data.length,
+    };
+})()"""
 HAS_STEPS = """(steps) => {
     const chart = Chart.getChart(document.getElementById("chart"));
     if (!chart) return false;
@@ -166,6 +179,40 @@ def test_zooming_into_a_step_range_shows_only_those_steps_and_reset_restores_all
     page.wait_for_function(f"{SHOWN}.at(-1) === 4999 && {SHOWN}[0] === 0")
 
 
+def test_dragging_across_the_chart_zooms_into_that_step_range(live, page):
+    world = orm(_world, points=5000)
+    open_simulation(page, live, world)
+    page.wait_for_function(f"{SHOWN}.at(-1) === 4999")
+    box = page.locator("#chart").bounding_box()
+    area = page.evaluate(CHART_AREA)
+    y = box["y"] + (area["top"] + area["bottom"]) / 2
+    left, width = box["x"] + area["left"], area["right"] - area["left"]
+
+    page.mouse.move(left + width * 0.25, y)
+    page.mouse.down()
+    page.mouse.move(left + width * 0.5, y, steps=5)
+    page.mouse.up()
+
+    page.wait_for_function("!document.getElementById('zoom-reset').disabled")
+    first, last = int(page.input_value("#from-step")), int(page.input_value("#to-step"))
+    assert 1000 < first < 1500 < 2000 < last < 2700
+    page.wait_for_function(f"{SHOWN}[0] >= {first} && {SHOWN}.at(-1) <= {last}")
+    assert page.evaluate(CHART_STEPS) == list(range(first, last + 1))
+
+
+def test_cancel_button_cancels_with_the_session_and_csrf_token(live, page):
+    world = orm(_world)
+    open_simulation(page, live, world)
+    page.on("dialog", lambda dialog: dialog.accept())
+
+    page.click("#cancel-button")
+
+    page.wait_for_selector('#status[data-status="cancelled"]')
+    assert page.is_hidden("#cancel-button")
+    assert page.is_hidden("#run-button")
+    assert orm(_status, world.simulation.pk) == Simulation.Status.CANCELLED
+
+
 # --- Fleet page ------------------------------------------------------------------------------
 
 
@@ -249,5 +296,11 @@ def test_login_fleet_and_simulation_pages_render_a_busy_fleet(live, page):
     page.wait_for_selector('#connection[data-state="live"]')
     page.wait_for_function(f"{SHOWN}.at(-1) === 5999")
     page.check("#smoothing")
+    page.check("#log-scale")
+    assert page.evaluate(CHART_SETTINGS) == {
+        "scale": "logarithmic",
+        "smoothed": True,
+        "same_length": True,
+    }
     assert page.text_content("#point-count") == "6,000"
     screenshot(page, "simulation")
