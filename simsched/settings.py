@@ -167,6 +167,10 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "simsched.openapi.document_errors",
+    ],
     "ENUM_NAME_OVERRIDES": {
         "MachineStatusEnum": "machines.models.Machine.Status",
         "SimulationStatusEnum": "simulations.models.Simulation.Status",

@@ -30,8 +30,12 @@ class SimulationListSerializer(serializers.ListSerializer):
 
 
 class SimulationSerializer(serializers.ModelSerializer):
-    owner = serializers.CharField(source="owner.username", read_only=True, default=None)
-    machine_name = serializers.CharField(source="machine.name", read_only=True, default=None)
+    owner = serializers.CharField(
+        source="owner.username", read_only=True, default=None, allow_null=True
+    )
+    machine_name = serializers.CharField(
+        source="machine.name", read_only=True, default=None, allow_null=True
+    )
     pinned_machine = serializers.PrimaryKeyRelatedField(
         queryset=Machine.objects.all(),
         required=False,
