@@ -84,10 +84,11 @@ class DaphneServer:
         self.process = None
         self.env = {**os.environ, "DATABASE_URL": _test_database_url(), "DEBUG": "true"}
         self.env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        SERVER_LOG.parent.mkdir(parents=True, exist_ok=True)
+        SERVER_LOG.write_text("")
 
     def start(self) -> None:
         daphne = Path(sys.executable).with_name("daphne")
-        SERVER_LOG.parent.mkdir(parents=True, exist_ok=True)
         log = open(SERVER_LOG, "a")  # noqa: SIM115 - the child process owns it
         self.process = subprocess.Popen(
             [str(daphne), "-b", "127.0.0.1", "-p", str(self.port), "simsched.asgi:application"],
@@ -133,9 +134,9 @@ def chromium():
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server(django_db_setup, chromium):
-    """One daphne for the session; tests that restart it leave it running."""
+    """One daphne for the end-to-end tests; a test that stops it starts it again."""
     daphne = DaphneServer()
     daphne.start()
     yield daphne

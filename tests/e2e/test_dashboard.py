@@ -148,7 +148,7 @@ def test_simulated_run_button_runs_the_simulation_and_stop_finishes_it(live, pag
     page.wait_for_selector('#status[data-status="finished"]')
     assert page.is_hidden("#run-button")
     assert orm(_status, world.simulation.pk) == Simulation.Status.FINISHED
-    assert page.evaluate(CHART_STEPS) == orm(_stored_steps, world.simulation.pk)
+    page.wait_for_function(HAS_STEPS, arg=orm(_stored_steps, world.simulation.pk))
 
 
 def test_a_refused_simulated_run_shows_why(live, page):
@@ -281,6 +281,8 @@ def _busy_fleet() -> SimpleNamespace:
 
 def test_login_fleet_and_simulation_pages_render_a_busy_fleet(live, page):
     world = orm(_busy_fleet)
+    requested = []
+    page.on("request", lambda request: requested.append(request.url))
     page.goto(f"{live.url}/")
     page.wait_for_url("**/login/?next=/")
     screenshot(page, "login")
@@ -304,3 +306,5 @@ def test_login_fleet_and_simulation_pages_render_a_busy_fleet(live, page):
     }
     assert page.text_content("#point-count") == "6,000"
     screenshot(page, "simulation")
+    ws_origin = live.url.replace("http://", "ws://")
+    assert [url for url in requested if not url.startswith((live.url, ws_origin))] == []
