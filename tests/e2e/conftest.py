@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from django.conf import settings
@@ -68,9 +69,9 @@ def _test_database_url() -> str:
     db = connection.settings_dict
     if connection.vendor == "sqlite":
         return f"sqlite:///{db['NAME']}"
-    auth = db["USER"] or ""
+    auth = quote(db["USER"] or "", safe="")
     if db.get("PASSWORD"):
-        auth += f":{db['PASSWORD']}"
+        auth += f":{quote(db['PASSWORD'], safe='')}"
     host = f"{auth}@" if auth else ""
     return f"postgres://{host}{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
