@@ -31,9 +31,9 @@ class MachineSerializer(serializers.ModelSerializer):
         }
 
     def get_current_simulation(self, machine) -> int | None:
-        active = getattr(machine, "active_simulation_ids", None)
+        active = getattr(machine, "active_simulations", None)  # prefetched by list views
         if active is not None:
-            return active[0] if active else None
+            return active[0].pk if active else None
         from simulations.models import Simulation
 
         return (

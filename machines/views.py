@@ -1,3 +1,4 @@
+from django.db.models import Prefetch
 from drf_spectacular.utils import extend_schema
 from rest_framework import viewsets
 from rest_framework.decorators import action
@@ -9,12 +10,19 @@ from machines.filters import MachineFilter
 from machines.models import Machine
 from machines.serializers import MachineSerializer, MachineStatusSerializer, UtilisationSerializer
 from simsched.permissions import IsStaffOrReadOnly
+from simulations.models import Simulation
 
 
 class MachineViewSet(viewsets.ModelViewSet):
     """The fleet. Anyone signed in reads it; staff change it."""
 
-    queryset = Machine.objects.order_by("name")
+    queryset = Machine.objects.prefetch_related(
+        Prefetch(
+            "simulations",
+            queryset=Simulation.objects.filter(status__in=Simulation.ACTIVE).only("id", "machine"),
+            to_attr="active_simulations",
+        )
+    ).order_by("name")
     serializer_class = MachineSerializer
     filterset_class = MachineFilter
     ordering_fields = ["name", "hourly_cost", "gpu_count", "memory", "status", "created_at"]
