@@ -78,9 +78,11 @@ def _wait_reason(simulation: Simulation, fleet: list[Machine]) -> dict:
     ahead = queue_ahead(simulation)
     return {
         "code": "fitting_machines_busy",
-        "message": (
-            f"All {len(in_service)} machine(s) that fit are busy; "
-            f"{ahead} simulation(s) are ahead in the queue."
+        "message": f"All {len(in_service)} machine(s) that fit are busy; "
+        + (
+            f"{ahead} simulation(s) are ahead of it in the queue."
+            if ahead
+            else "it is next in line."
         ),
         "fitting_machines": len(in_service),
         "ahead_in_queue": ahead,
