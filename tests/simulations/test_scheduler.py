@@ -131,7 +131,7 @@ def test_a_simulation_too_big_for_free_machines_does_not_block_smaller_ones():
     assert placed(big_waiting) == ("pending", None)
 
 
-def test_a_simulation_nothing_fits_waits_forever_without_blocking(api):
+def test_a_simulation_nothing_fits_waits_forever_without_blocking():
     make_machine(gpu_count=8)
     huge = make_simulation(required_gpus=64, priority=100)
     normal = make_simulation(required_gpus=1)
