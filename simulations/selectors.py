@@ -62,6 +62,11 @@ def _wait_reason(simulation: Simulation, fleet: list[Machine]) -> dict:
                 "code": "pinned_machine_in_maintenance",
                 "message": f"Its pinned machine {pinned.name} is in maintenance.",
             }
+        if not fits(pinned, simulation):  # the machine was made smaller after pinning
+            return {
+                "code": "pinned_machine_too_small",
+                "message": f"Its pinned machine {pinned.name} is too small for it.",
+            }
         candidates = [pinned]
     else:
         candidates = [m for m in fleet if fits(m, simulation)]
