@@ -66,6 +66,11 @@ def test_list_filters_by_machine(api):
     assert names(api.get("/simulations/", {"machine": dear.pk})) == ["on-dear"]
 
 
+def test_list_filter_with_an_unknown_machine_is_400(api):
+    error = assert_error(api.get("/simulations/", {"machine": 999999}), 400, "invalid")
+    assert "machine" in error["fields"]
+
+
 def test_list_filters_by_name_contains_ignoring_case(api):
     for name in ("llama-70b-pretrain", "LLaMA-7b-finetune", "mistral-sft"):
         make_simulation(name=name)
@@ -490,6 +495,19 @@ def test_wait_reason_when_the_pinned_machine_is_busy(api):
     reason = wait_reason(api, make_simulation(pinned_machine=pinned))
     assert reason["code"] == "fitting_machines_busy"
     assert reason["fitting_machines"] == 1
+
+
+def test_wait_reason_when_the_pinned_machine_was_made_too_small(api, staff_api):
+    pinned = make_machine(name="shrunk", gpu_count=8)
+    make_simulation(pinned_machine=pinned)  # keeps it busy while it is resized
+    waiting = make_simulation(pinned_machine=pinned, required_gpus=8)
+    staff_api.patch(f"/machines/{pinned.pk}", {"gpu_count": 2}, format="json")
+    running = Simulation.objects.get(machine=pinned, status="scheduled")
+    simulation_finish(simulation=simulation_start(simulation=running))
+    body = api.get(f"/simulations/{waiting.pk}").json()
+    assert body["status"] == "pending"
+    assert body["wait_reason"]["code"] == "pinned_machine_too_small"
+    assert "shrunk" in body["wait_reason"]["message"]
 
 
 def test_wait_reason_when_every_fitting_machine_is_in_maintenance(api):
