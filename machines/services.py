@@ -60,9 +60,14 @@ def machine_set_status(*, machine: Machine, status: str) -> Machine:
 
 
 def machine_delete(*, machine: Machine) -> None:
+    """The machine's agent account goes with it: without its machine, the agent token would
+    pass for a person's and could create simulations."""
     try:
         with transaction.atomic():
+            agent_user_id = machine.agent_user_id
             machine.delete()
+            if agent_user_id is not None:
+                get_user_model().objects.filter(pk=agent_user_id).delete()
     except ProtectedError as exc:
         raise ConflictError(
             ERR_DELETE_WITH_SIMULATIONS.format(name=machine.name), code="machine_in_use"
