@@ -3,12 +3,13 @@
 from decimal import Decimal
 
 import pytest
+from django.contrib.auth import get_user_model
 
 from machines.models import Machine
 from machines.services import machine_set_status
 from simulations.models import Simulation
 from simulations.services import simulation_finish, simulation_start
-from tests.factories import make_machine, make_simulation
+from tests.factories import agent_client, make_machine, make_simulation
 
 
 def assert_error(response, status: int, code: str | None = None) -> dict:
@@ -286,6 +287,25 @@ def test_deleting_a_free_machine_is_204(staff_api):
     assert response.status_code == 204
     assert response.content == b""
     assert not Machine.objects.filter(pk=machine.pk).exists()
+
+
+def test_deleting_a_machine_retires_its_agent_token(staff_api):
+    machine = make_machine()
+    agent = agent_client(machine)
+    agent_user_id = Machine.objects.get(pk=machine.pk).agent_user_id
+    assert staff_api.delete(f"/machines/{machine.pk}").status_code == 204
+    assert_error(agent.post("/simulations/", {"name": "ghost"}, format="json"), 401)
+    assert_error(agent.post("/agent/claim"), 401)
+    assert not get_user_model().objects.filter(pk=agent_user_id).exists()
+    assert not Simulation.objects.exists()
+
+
+def test_a_machine_that_cannot_be_deleted_keeps_its_agent(staff_api):
+    machine = make_machine()
+    agent = agent_client(machine)
+    make_simulation()
+    assert_error(staff_api.delete(f"/machines/{machine.pk}"), 409, "machine_in_use")
+    assert agent.post("/agent/claim").status_code == 200
 
 
 def test_deleting_a_machine_with_a_running_simulation_is_409_and_deletes_nothing(staff_api):
