@@ -146,7 +146,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["simsched.parsers.LimitedJSONParser"],
     "DEFAULT_FILTER_BACKENDS": [
         "django_filters.rest_framework.DjangoFilterBackend",
-        "rest_framework.filters.OrderingFilter",
+        "simsched.filters.StableOrderingFilter",
     ],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
