@@ -123,6 +123,18 @@ def test_list_orders_by_the_requested_field(api, ordering, expected):
     assert names(api.get("/simulations/", {"ordering": ordering})) == expected
 
 
+@pytest.mark.parametrize("ordering", ["status", "-status", "name", "-created_at"])
+def test_pages_of_a_list_ordered_by_a_repeated_value_neither_repeat_nor_skip(api, ordering):
+    created = Simulation.objects.bulk_create(
+        Simulation(name=f"same-{i % 2}", created_at=T0) for i in range(120)
+    )
+    seen = []
+    for page in (1, 2, 3):
+        response = api.get("/simulations/", {"ordering": ordering, "page": page})
+        seen += [item["id"] for item in response.json()["results"]]
+    assert sorted(seen) == sorted(s.pk for s in created)
+
+
 def test_list_ignores_an_unknown_ordering_field(api):
     for name in ("x", "y"):
         set_times(make_simulation(name=name), created_at=T0 if name == "x" else T0 + timedelta(1))
