@@ -1,11 +1,15 @@
 """POST /convergence/{id}/points: up to 10,000 points per request, idempotent by step."""
 
 import json
+import threading
 
+import pytest
 from django.conf import settings
+from django.db import connection
 
 from convergence.models import ConvergencePoint
 from tests.convergence.conftest import error_of
+from tests.factories import token_client
 
 MISSING_ID = 987_654
 
@@ -61,6 +65,57 @@ def test_a_step_repeated_with_the_same_loss_inside_a_batch_is_stored_once(api, s
     assert response.status_code == 200, response.content
     assert response.json()["stored"] == 1
     assert stored(simulation) == {1: 0.5}
+
+
+def chart_count(api, simulation) -> int:
+    """Points the chart counts (from the rollup when the run is large)."""
+    return api.get(f"/convergence/{simulation.pk}/graph").json()["raw_points"]
+
+
+def test_resent_and_overlapping_batches_are_counted_once_by_the_chart(api, simulation):
+    send(api, simulation.pk, batch(range(10_000)))
+    send(api, simulation.pk, batch(range(10_000)))
+    send(api, simulation.pk, batch(range(9_000, 12_000)))
+
+    assert chart_count(api, simulation) == 12_000
+
+
+def test_a_rejected_batch_leaves_the_chart_unchanged(api, simulation):
+    send(api, simulation.pk, batch(range(5_000)))
+
+    conflicting = batch(range(4_000, 9_000), loss=lambda step: 7.0)
+    assert send(api, simulation.pk, conflicting).status_code == 409
+
+    assert chart_count(api, simulation) == 5_000
+    body = api.get(f"/convergence/{simulation.pk}/graph").json()
+    assert max(p["step"] for p in body["points"]) == 4_999
+    assert all(p["loss"] != 7.0 for p in body["points"])
+
+
+@pytest.mark.postgres
+def test_concurrent_overlapping_batches_store_each_step_once(user, simulation):
+    results: list[dict] = []
+    senders = 4
+
+    def send_overlapping(offset: int):
+        client = token_client(user)
+        try:
+            response = send(client, simulation.pk, batch(range(offset, offset + 3_000)))
+            results.append(response.json() | {"status": response.status_code})
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=send_overlapping, args=(i * 1_000,)) for i in range(senders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert [r["status"] for r in results] == [200] * senders
+    assert sum(r["stored"] for r in results) == 6_000
+    assert sum(r["stored"] + r["duplicates"] for r in results) == senders * 3_000
+    assert sorted(stored(simulation)) == list(range(6_000))
+    assert chart_count(token_client(user), simulation) == 6_000
 
 
 def test_a_conflicting_step_rejects_the_whole_batch(api, simulation):
