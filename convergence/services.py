@@ -371,7 +371,8 @@ def simulated_run_tick(*, simulation_id: int, curve, first_step: int, count: int
     now = timezone.now()
     steps = range(first_step, first_step + count)
     points_ingest(simulation_id=simulation_id, points=[Point(s, curve.loss(s), now) for s in steps])
-    return simulation_heartbeat(simulation=Simulation(pk=simulation_id)).status
+    simulation_heartbeat(simulation=Simulation(pk=simulation_id))
+    return Simulation.objects.values_list("status", flat=True).get(pk=simulation_id)
 
 
 def next_free_step(simulation_id: int) -> int:

@@ -209,13 +209,17 @@ def simulation_requeue(*, simulation: Simulation, reason: str) -> Simulation:
 
 
 @transaction.atomic
-def simulation_heartbeat(*, simulation: Simulation) -> Simulation:
-    """Record that the agent is alive. A final simulation is returned as is: the agent stops."""
+def simulation_heartbeat(*, simulation: Simulation, machine_id: int | None = None) -> bool:
+    """Record that the agent on `machine_id` (None: staff) is alive; returns whether it should
+    stop: the simulation has ended, or it is no longer placed on that agent's machine (it was
+    requeued after the agent went silent)."""
     simulation = Simulation.objects.select_for_update().get(pk=simulation.pk)
+    if machine_id is not None and simulation.machine_id != machine_id:
+        return True
     if simulation.status in Simulation.ACTIVE:
         simulation.last_heartbeat_at = timezone.now()
         simulation.save(update_fields=["last_heartbeat_at", "updated_at"])
-    return simulation
+    return simulation.is_final
 
 
 @transaction.atomic

@@ -3,7 +3,7 @@ from django.shortcuts import get_object_or_404, render
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
-from rest_framework.permissions import IsAuthenticated
+from rest_framework.permissions import IsAdminUser, IsAuthenticated
 from rest_framework.response import Response
 
 from simsched.permissions import (
@@ -11,6 +11,7 @@ from simsched.permissions import (
     IsAgentOfMachineOrStaff,
     IsOwnerOrStaffForDelete,
     IsPersonForWrites,
+    agent_machine_id,
     can_control_simulation,
 )
 from simulations import selectors, services
@@ -96,12 +97,17 @@ class SimulationViewSet(viewsets.ModelViewSet):
         return self._respond(services.simulation_start(simulation=self.get_object()))
 
     @extend_schema(request=None, responses=HeartbeatSerializer, tags=["agent"])
-    @action(detail=True, methods=["post"], permission_classes=AGENT_PERMISSIONS)
+    @action(
+        detail=True, methods=["post"], permission_classes=[IsAuthenticated, IsAgent | IsAdminUser]
+    )
     def heartbeat(self, request, pk=None):
-        simulation = services.simulation_heartbeat(simulation=self.get_object())
-        return Response(
-            {"id": simulation.pk, "status": simulation.status, "stop": simulation.is_final}
+        """Any agent may ask; only the agent of the simulation's machine is recorded."""
+        simulation = self.get_object()
+        stop = services.simulation_heartbeat(
+            simulation=simulation, machine_id=agent_machine_id(request.user)
         )
+        simulation.refresh_from_db(fields=["status"])
+        return Response({"id": simulation.pk, "status": simulation.status, "stop": stop})
 
     @extend_schema(request=None, responses=SimulationSerializer, tags=["agent"])
     @action(detail=True, methods=["post"], permission_classes=AGENT_PERMISSIONS)

@@ -138,7 +138,7 @@ def test_an_agent_cannot_create_or_edit_simulations(transactional_db):
     assert simulation.priority == 0
 
 
-@pytest.mark.parametrize("action", ["start", "heartbeat", "finish", "fail"])
+@pytest.mark.parametrize("action", ["start", "finish", "fail"])
 def test_an_agent_cannot_drive_another_machines_simulation(transactional_db, action):
     mine, theirs = make_machine(), make_machine()
     simulation = _running_on(theirs)
@@ -146,6 +146,18 @@ def test_an_agent_cannot_drive_another_machines_simulation(transactional_db, act
     assert response.status_code == 403
     error_of(response)
     assert Simulation.objects.get(pk=simulation.pk).status == Simulation.Status.SCHEDULED
+
+
+def test_another_machines_agent_heartbeating_is_told_to_stop_and_recorded_nowhere(
+    transactional_db,
+):
+    mine, theirs = make_machine(), make_machine()
+    simulation = _running_on(theirs)
+    before = Simulation.objects.get(pk=simulation.pk).last_heartbeat_at
+    response = agent_client(mine).post(f"/simulations/{simulation.pk}/heartbeat")
+    assert response.status_code == 200
+    assert response.json()["stop"] is True
+    assert Simulation.objects.get(pk=simulation.pk).last_heartbeat_at == before
 
 
 def test_an_agent_cannot_post_points_for_another_machines_simulation(transactional_db):

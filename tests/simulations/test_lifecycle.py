@@ -7,6 +7,7 @@ import pytest
 from django.utils import timezone
 
 from machines.models import Machine
+from machines.services import machine_set_status
 from simulations import services
 from simulations.models import Simulation
 from simulations.scheduler import reap_silent
@@ -190,10 +191,22 @@ def test_a_refused_patch_keeps_the_other_changes_out_too(api, user):
 def test_an_agent_may_not_act_for_another_machines_simulation(user):
     simulation, _ = in_state(S.SCHEDULED, owner=user)
     stranger = make_machine()
-    for action in ("start", "heartbeat", "finish", "fail"):
+    for action in ("start", "finish", "fail"):
         assert_error(agent_client(stranger).post(f"/simulations/{simulation.pk}/{action}"), 403)
+    heartbeat = agent_client(stranger).post(f"/simulations/{simulation.pk}/heartbeat")
+    assert heartbeat.status_code == 200 and heartbeat.json()["stop"] is True
     simulation.refresh_from_db()
     assert simulation.status == "scheduled"
+
+
+def test_a_requeued_simulations_old_agent_is_told_to_stop(user, settings):
+    settings.SIMSCHED_HEARTBEAT_TIMEOUT = 0
+    simulation, machine = in_state(S.RUNNING, owner=user)
+    machine_set_status(machine=machine, status="maintenance")  # so it is not placed back there
+    reap_silent()
+    assert Simulation.objects.get(pk=simulation.pk).machine_id is None
+    body = agent_client(machine).post(f"/simulations/{simulation.pk}/heartbeat").json()
+    assert body["stop"] is True
 
 
 def test_an_engineer_may_not_use_the_agent_endpoints(api, user):

@@ -92,9 +92,12 @@ class DemoAgent(threading.Thread):
             points = [{"step": s, "loss_value": curve.loss(s)} for s in batch]
             self.api.post(f"/convergence/{sim_id}/points", {"points": points})
             step = batch.stop
-            _, beat = self.api.post(f"/simulations/{sim_id}/heartbeat")
-            if beat and beat["stop"]:
+            status, beat = self.api.post(f"/simulations/{sim_id}/heartbeat")
+            if status == 200 and beat["stop"]:
                 self.log(f"{self.machine_name}: simulation {sim_id} is {beat['status']}; stopping")
+                return
+            if status != 200 and status < 500:  # no longer ours to run
+                self.log(f"{self.machine_name}: heartbeat refused ({status}); stopping")
                 return
             if crash_at is not None and step >= crash_at:
                 self.api.post(f"/simulations/{sim_id}/fail", {"reason": "Demo agent crashed."})
