@@ -2,6 +2,7 @@
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
+from django.db.models import Q
 from django.db.models.deletion import ProtectedError
 
 from machines.events import machine_changed
@@ -9,8 +10,10 @@ from machines.models import Machine
 from simsched.exceptions import ApplicationError, ConflictError
 from simulations.models import Simulation
 from simulations.scheduler import request_assignment
+from simulations.selectors import fits
 
 ERR_BUSY_BY_HAND = "'busy' is set by the scheduler; set 'available' or 'maintenance'."
+ERR_SHRINK = "Machine {name} would no longer fit the simulations running on or pinned to it."
 ERR_DELETE_WITH_SIMULATIONS = "Machine {name} has simulations; it cannot be deleted."
 AGENT_USERNAME = "agent-{name}"
 
@@ -33,10 +36,26 @@ def machine_update(*, machine: Machine, data: dict) -> Machine:
     for field, value in data.items():
         setattr(machine, field, value)
     machine.full_clean()
+    _check_still_fits(machine)
     machine.save()
     machine_changed(machine)
     request_assignment()  # more capacity may fit waiting work
     return machine
+
+
+def _check_still_fits(machine: Machine) -> None:
+    """A machine cannot shrink below what its current or pinned simulations need."""
+    depending = Simulation.objects.filter(
+        Q(machine=machine, status__in=Simulation.ACTIVE)
+        | Q(pinned_machine=machine, status=Simulation.Status.PENDING)
+    )
+    too_big = [s.pk for s in depending if not fits(machine, s)]
+    if too_big:
+        raise ConflictError(
+            ERR_SHRINK.format(name=machine.name),
+            code="machine_too_small",
+            details={"simulations": too_big},
+        )
 
 
 @transaction.atomic

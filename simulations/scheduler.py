@@ -24,7 +24,7 @@ from simulations.selectors import fits
 
 logger = logging.getLogger(__name__)
 
-QUEUE_CHUNK = 500
+QUEUE_CHUNK_MAX = 500
 QUEUE_ORDER = ("-priority", "created_at", "id")
 
 
@@ -92,7 +92,9 @@ def assign_pending() -> list[Assignment]:
             queue = _queue(free)
             if last is not None:
                 queue = queue.filter(_after(last))
-            chunk = list(queue[:QUEUE_CHUNK])
+            # Lock only about as much of the queue head as the free machines can take, so other
+            # assigners skipping locked rows do not jump far ahead in priority.
+            chunk = list(queue[: min(QUEUE_CHUNK_MAX, 4 * len(free) + 16)])
             if not chunk:
                 break
             for simulation in chunk:

@@ -380,3 +380,19 @@ def test_utilisation_counts_machines_gpus_and_cost(api):
         "busy_hourly_cost": "30.00",
         "idle_hourly_cost": "13.75",
     }
+
+
+def test_a_machine_cannot_shrink_below_what_its_simulations_need(staff_api):
+    machine = make_machine(gpu_count=8, memory=512)
+    running = make_simulation(required_gpus=4)
+    response = staff_api.patch(f"/machines/{machine.pk}", {"gpu_count": 2}, format="json")
+    assert response.status_code == 409
+    body = response.json()["error"]
+    assert body["code"] == "machine_too_small"
+    assert body["details"]["simulations"] == [running.pk]
+    machine.refresh_from_db()
+    assert machine.gpu_count == 8
+    assert (
+        staff_api.patch(f"/machines/{machine.pk}", {"gpu_count": 4}, format="json").status_code
+        == 200
+    )

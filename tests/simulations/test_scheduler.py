@@ -140,7 +140,7 @@ def test_a_simulation_nothing_fits_waits_forever_without_blocking():
 
 
 def test_the_queue_is_scanned_past_a_chunk_of_simulations_that_do_not_fit(monkeypatch):
-    monkeypatch.setattr(scheduler, "QUEUE_CHUNK", 2)
+    monkeypatch.setattr(scheduler, "QUEUE_CHUNK_MAX", 2)
     make_machine(name="big", gpu_count=8)
     make_simulation(required_gpus=8)  # the big machine is busy from here on
     small = closed_machine(gpu_count=1)
