@@ -93,6 +93,7 @@ def test_the_graph_of_an_unknown_simulation_is_404(api):
 # --- A big run ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_points", [1000, 200, 8])
 def test_a_big_run_is_downsampled_keeping_every_spike_and_both_ends(api, big_run, max_points):
     simulation, losses, spikes = big_run
@@ -116,6 +117,7 @@ def test_a_big_run_is_downsampled_keeping_every_spike_and_both_ends(api, big_run
         assert {highest, lowest} <= set(returned)
 
 
+@pytest.mark.slow
 def test_zooming_into_a_small_window_returns_its_raw_points(api, big_run):
     simulation, losses, _ = big_run
 
@@ -127,6 +129,7 @@ def test_zooming_into_a_small_window_returns_its_raw_points(api, big_run):
     assert pairs(body) == [(step, losses[step]) for step in range(10_000, 10_500)]
 
 
+@pytest.mark.slow
 def test_zooming_into_a_large_window_downsamples_that_window_only(api, big_run):
     simulation, losses, spikes = big_run
 

@@ -186,6 +186,15 @@ def test_a_given_timestamp_is_stored(api, simulation, writer):
     assert ConvergencePoint.objects.get(simulation=simulation).timestamp == expected
 
 
+@pytest.mark.parametrize("stamp", ["1999-12-31T23:59:59Z", "2999-01-01T00:00:00Z", "yesterday"])
+def test_a_timestamp_out_of_range_or_unreadable_is_rejected(api, simulation, writer, stamp):
+    response = WRITERS[writer](api, simulation.pk, step=0, loss_value=1.0, timestamp=stamp)
+
+    assert response.status_code == 400, response.content
+    assert "timestamp" in error_of(response)["fields"]
+    assert stored(simulation) == []
+
+
 def test_an_omitted_timestamp_is_the_server_time(api, simulation, writer):
     before = timezone.now()
     response = WRITERS[writer](api, simulation.pk, step=0, loss_value=1.0)
