@@ -302,14 +302,16 @@ async def test_the_fleet_socket_receives_machine_and_simulation_updates(api, sta
     assert message["machine"]["status"] == "available"
 
     created = (await post(api, "/simulations/", {"name": "fleet-run"})).json()
-    seen = []
-    while "scheduled" not in seen:
-        update = await next_of_type(fleet, "simulation")
-        assert update["simulation"]["id"] == created["id"]
-        seen.append(update["simulation"]["status"])
-    assert seen[0] in {"pending", "scheduled"}
-    busy = await next_of_type(fleet, "machine")
-    assert (busy["machine"]["id"], busy["machine"]["status"]) == (machine["id"], "busy")
+    simulation_statuses, machine_statuses = [], []
+    while "scheduled" not in simulation_statuses or "busy" not in machine_statuses:
+        update = await fleet.receive_json_from(timeout=TIMEOUT)
+        if update["type"] == "simulation":
+            assert update["simulation"]["id"] == created["id"]
+            simulation_statuses.append(update["simulation"]["status"])
+        elif update["type"] == "machine":
+            assert update["machine"]["id"] == machine["id"]
+            machine_statuses.append(update["machine"]["status"])
+    assert simulation_statuses[0] in {"pending", "scheduled"}
 
     assert (await post(api, f"/simulations/{created['id']}/cancel")).status_code == 200
     cancelled = await next_of_type(fleet, "simulation")
