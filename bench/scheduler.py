@@ -168,7 +168,9 @@ def main() -> int:
         f"{args.machines} machines in 5 shapes, {args.workers} assigner OS processes on "
         "PostgreSQL (+ Redis for the change events). Each process loops: assign_pending(), "
         f"then start and finish up to {FINISH_PER_ROUND} scheduled simulations on its share "
-        "of the machines (simulations.services), whose commits trigger more assignment.",
+        "of the machines (simulations.services), whose commits trigger more assignment. Past "
+        "the first 500, every assignment waits for a finish, so this measures the whole "
+        "finish → assign cycle, with each commit's change events sent through Redis.",
     ]
     if not args.no_results:
         common.write_section(
