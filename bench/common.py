@@ -13,6 +13,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,7 +94,8 @@ class Server:
     def __init__(self, *, redis_url: str = REDIS_URL, port: int | None = None, **env: str):
         self.port = port or free_port()
         self.redis_url = redis_url
-        self.log = open(ROOT / "bench" / f".daphne-{self.port}.log", "w")  # noqa: SIM115
+        log_path = Path(tempfile.gettempdir()) / f"simsched-bench-daphne-{self.port}.log"
+        self.log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [DAPHNE, "-b", HOST, "-p", str(self.port), "simsched.asgi:application"],
             cwd=ROOT,
