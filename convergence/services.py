@@ -355,10 +355,17 @@ def point_add_bare_sql(
         if step is None:
             _lock_simulation(simulation_id)
             step = _next_step(simulation_id)
-        result = points_ingest(
-            simulation_id=simulation_id,
-            points=[Point(step, loss_value, timestamp or timezone.now())],
-        )
+        try:
+            result = points_ingest(
+                simulation_id=simulation_id,
+                points=[Point(step, loss_value, timestamp or timezone.now())],
+            )
+        except ConflictError as exc:  # answer as the single-point endpoint does
+            raise ConflictError(
+                ERR_STEP_CONFLICT.format(step=step),
+                code="step_conflict",
+                details=exc.details["conflicts"][0],
+            ) from exc
     point = ConvergencePoint.objects.get(simulation_id=simulation_id, step=step)
     return point, result.stored == 1
 

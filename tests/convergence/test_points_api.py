@@ -103,8 +103,6 @@ def test_the_same_step_with_another_loss_is_a_conflict_and_changes_nothing(api, 
     assert error["code"] == "step_conflict"
     assert "5" in error["message"] or "5" in str(error["details"])
     conflict = error["details"]
-    if "conflicts" in conflict:  # the bare-SQL path reports through the batch service
-        [conflict] = conflict["conflicts"]
     assert conflict == {"step": 5, "stored_loss": 0.5, "sent_loss": 0.9}
     assert stored(simulation) == [(5, 0.5)]
 
