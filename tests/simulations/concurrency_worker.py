@@ -5,8 +5,11 @@ level: the process imports it before `django.setup()`."""
 import logging
 import os
 import random
+import time
 
 BATCH = 20
+IDLE_CHECKS_BEFORE_DONE = 40
+IDLE_SLEEP = 0.05
 
 
 class _Errors(logging.Handler):
@@ -51,15 +54,17 @@ def _work(rng: random.Random) -> dict:
 
     started, finished, conflicts = [], [], 0
     active = Simulation.objects.filter(status__in=Simulation.ACTIVE)
-    while True:
+    idle = 0
+    while idle < IDLE_CHECKS_BEFORE_DONE:
         assign_pending()
         ids = list(active.values_list("id", flat=True)[:200])
         if not ids:
-            # Another process may be between a commit and its on-commit assignment: only stop
-            # when this process's own pass, run after everything it saw, assigns nothing.
-            if not assign_pending() and not active.exists():
-                break
+            # Nothing visible may only mean another process holds every free machine in an
+            # uncommitted assignment (SKIP LOCKED hides them): stop only after a quiet while.
+            idle = 0 if assign_pending() else idle + 1
+            time.sleep(IDLE_SLEEP)
             continue
+        idle = 0
         for simulation_id in rng.sample(ids, min(BATCH, len(ids))):
             simulation = Simulation(pk=simulation_id)
             try:

@@ -509,17 +509,15 @@ def test_wait_reason_when_the_pinned_machine_is_busy(api):
     assert reason["fitting_machines"] == 1
 
 
-def test_wait_reason_when_the_pinned_machine_was_made_too_small(api, staff_api):
+def test_a_pinned_machine_cannot_be_made_too_small_for_its_waiting_simulation(api, staff_api):
     pinned = make_machine(name="shrunk", gpu_count=8)
-    make_simulation(pinned_machine=pinned)  # keeps it busy while it is resized
+    make_simulation(pinned_machine=pinned)  # keeps it busy
     waiting = make_simulation(pinned_machine=pinned, required_gpus=8)
-    staff_api.patch(f"/machines/{pinned.pk}", {"gpu_count": 2}, format="json")
-    running = Simulation.objects.get(machine=pinned, status="scheduled")
-    simulation_finish(simulation=simulation_start(simulation=running))
+    response = staff_api.patch(f"/machines/{pinned.pk}", {"gpu_count": 2}, format="json")
+    assert response.status_code == 409
+    assert response.json()["error"]["details"]["simulations"] == [waiting.pk]
     body = api.get(f"/simulations/{waiting.pk}").json()
-    assert body["status"] == "pending"
-    assert body["wait_reason"]["code"] == "pinned_machine_too_small"
-    assert "shrunk" in body["wait_reason"]["message"]
+    assert body["wait_reason"]["code"] == "fitting_machines_busy"
 
 
 def test_wait_reason_when_every_fitting_machine_is_in_maintenance(api):
