@@ -7,6 +7,7 @@ import pytest
 
 from convergence.services import MAX_BATCH_POINTS, Point, points_ingest
 from tests.factories import make_simulation
+from tests.helpers import error_of  # noqa: F401 - re-exported
 
 BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -19,14 +20,6 @@ def store_points(simulation_id: int, losses_by_step: dict[int, float]) -> None:
     ]
     for start in range(0, len(points), MAX_BATCH_POINTS):
         points_ingest(simulation_id=simulation_id, points=points[start : start + MAX_BATCH_POINTS])
-
-
-def error_of(response) -> dict:
-    """The one error shape: {"error": {"code", "message", "fields"?, "details"?}}."""
-    body = response.json()
-    assert set(body) == {"error"}, body
-    assert {"code", "message"} <= set(body["error"]), body
-    return body["error"]
 
 
 @pytest.fixture

@@ -10,17 +10,7 @@ from machines.services import machine_set_status
 from simulations.models import Simulation
 from simulations.services import simulation_finish, simulation_start
 from tests.factories import agent_client, make_machine, make_simulation
-
-
-def assert_error(response, status: int, code: str | None = None) -> dict:
-    """The one error shape; returns the error object."""
-    assert response.status_code == status, response.content
-    body = response.json()
-    assert set(body) == {"error"}
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    if code is not None:
-        assert body["error"]["code"] == code
-    return body["error"]
+from tests.helpers import assert_error
 
 
 def machine_payload(**fields) -> dict:

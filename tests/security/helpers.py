@@ -2,13 +2,7 @@
 
 from rest_framework.authtoken.models import Token
 
-
-def error_of(response) -> dict:
-    """The one error shape: {"error": {"code", "message", "fields"?, "details"?}}."""
-    body = response.json()
-    assert set(body) == {"error"}, body
-    assert {"code", "message"} <= set(body["error"]), body
-    return body["error"]
+from tests.helpers import error_of  # noqa: F401 - re-exported
 
 
 def token_key(user) -> str:

@@ -3,17 +3,7 @@
 from datetime import datetime
 
 from simulations.models import Simulation
-
-
-def assert_error(response, status: int, code: str | None = None) -> dict:
-    """The response is the one error shape with `status` (and `code`); returns the error."""
-    assert response.status_code == status, response.content
-    body = response.json()
-    assert set(body) == {"error"}
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    if code is not None:
-        assert body["error"]["code"] == code
-    return body["error"]
+from tests.helpers import assert_error  # noqa: F401 - re-exported
 
 
 def set_times(simulation: Simulation, **times: datetime) -> Simulation:
