@@ -4,7 +4,8 @@ after commit, with the points it actually stored."""
 import json
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
@@ -25,8 +26,7 @@ ERR_BATCH_CONFLICT = (
 )
 
 
-@dataclass(frozen=True)
-class Point:
+class Point(NamedTuple):  # a tuple: ten thousand of them per request are built fast
     step: int
     loss_value: float
     timestamp: datetime
@@ -106,9 +106,9 @@ _PG_INGEST = f"""
     WITH {_LEVELS_CTE},
     new AS (
         INSERT INTO convergence_data (simulation_id, step, timestamp, loss_value)
-        SELECT sim.id, p.s, p.t, p.l
+        SELECT sim.id, p.s, timestamptz 'epoch' + p.us * interval '1 microsecond', p.l
         FROM simulations AS sim,
-            unnest(%s::bigint[], %s::timestamptz[], %s::float8[]) AS p(s, t, l)
+            unnest(%s::bigint[], %s::bigint[], %s::float8[]) AS p(s, us, l)
         WHERE sim.id = %s
         ON CONFLICT (simulation_id, step) DO NOTHING
         RETURNING id, step, loss_value
@@ -165,6 +165,15 @@ def _sqlite_datetime(value: datetime) -> str:
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ")
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _epoch_microseconds(value: datetime) -> str:
+    """Exact, and a third of the cost of isoformat() for ten thousand timestamps."""
+    return str((value - _EPOCH) // _MICROSECOND)
+
+
 def _pg_insert_new(cursor, simulation_id: int, points: list[Point]) -> list[tuple]:
     """Bare SQL: insert the new points and fold them into the rollup in one statement.
     Returns the stored rows as (id, step): the values stored are the ones sent (timestamps and
@@ -174,7 +183,7 @@ def _pg_insert_new(cursor, simulation_id: int, points: list[Point]) -> list[tupl
         _PG_INGEST,
         [
             _pg_array((p.step for p in points), str),
-            _pg_array((p.timestamp for p in points), datetime.isoformat),
+            _pg_array((p.timestamp for p in points), _epoch_microseconds),
             _pg_array((p.loss_value for p in points), repr),
             simulation_id,
             simulation_id,

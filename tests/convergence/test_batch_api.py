@@ -2,6 +2,7 @@
 
 import json
 import threading
+from datetime import datetime
 
 import pytest
 from django.conf import settings
@@ -264,3 +265,12 @@ def test_the_batch_limits_are_in_the_openapi_schema(api):
     assert body_schema["properties"]["points"]["minItems"] == 1
     assert {"400", "409", "413"} <= set(operation["responses"])
     assert "4 MiB" in operation["description"]
+
+
+def test_batch_timestamps_keep_their_microseconds_and_offset(api, simulation):
+    sent = "2026-02-03T04:05:06.123457+02:00"
+    body = {"points": [{"step": 0, "loss_value": 1.0, "timestamp": sent}]}
+    assert send(api, simulation.pk, body).status_code == 200
+    point = ConvergencePoint.objects.get(simulation=simulation, step=0)
+    assert point.timestamp == datetime.fromisoformat(sent)
+    assert point.timestamp.microsecond == 123457
