@@ -20,8 +20,6 @@ from rest_framework.response import Response
 from rest_framework.serializers import as_serializer_error
 from rest_framework.views import exception_handler
 
-from simsched.parsers import PayloadTooLarge
-
 logger = logging.getLogger(__name__)
 
 
@@ -37,6 +35,12 @@ class ApplicationError(Exception):
         self.code = code or self.default_code
         self.fields = fields
         self.details = details
+
+
+class PayloadTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "The request body is too large."
+    default_code = "payload_too_large"
 
 
 class NotFoundError(ApplicationError):
@@ -77,7 +81,7 @@ def api_exception_handler(exc, context):
     if isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
     if isinstance(exc, RequestDataTooBig):
-        # DRF reads request.body for JSON, so Django's size check fires before our parser's.
+        # Django enforces DATA_UPLOAD_MAX_MEMORY_SIZE (= MAX_REQUEST_BYTES) when the body is read.
         exc = PayloadTooLarge(
             f"The request body is larger than {settings.MAX_REQUEST_BYTES} bytes."
         )
