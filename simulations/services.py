@@ -137,12 +137,12 @@ def _locked_for_transition(simulation: Simulation, target: str) -> Simulation:
     return locked
 
 
-def _release_machine(simulation: Simulation) -> None:
-    """The simulation no longer holds its machine: a busy machine becomes available again,
+def _release_machine(machine_id: int | None) -> None:
+    """A simulation no longer holds this machine: a busy machine becomes available again,
     one in maintenance stays there (it has drained)."""
-    if simulation.machine_id is None:
+    if machine_id is None:
         return
-    machine = Machine.objects.select_for_update().get(pk=simulation.machine_id)
+    machine = Machine.objects.select_for_update().get(pk=machine_id)
     if machine.status == Machine.Status.BUSY:
         machine.status = Machine.Status.AVAILABLE
         machine.save(update_fields=["status", "updated_at"])
@@ -168,8 +168,7 @@ def _end(simulation: Simulation, target: str, *, reason: str = "") -> Simulation
     simulation.finished_at = timezone.now()
     simulation.failure_reason = reason[:500]
     simulation.save(update_fields=["status", "finished_at", "failure_reason", "updated_at"])
-    if simulation.machine_id is not None:
-        _release_machine(simulation)
+    _release_machine(simulation.machine_id)
     events.simulation_changed(simulation)
     return simulation
 
@@ -194,7 +193,7 @@ def simulation_cancel(*, simulation: Simulation) -> Simulation:
 def simulation_requeue(*, simulation: Simulation, reason: str) -> Simulation:
     """Back to the queue after its agent went silent; what the placement cost is kept."""
     simulation = _locked_for_transition(simulation, Simulation.Status.PENDING)
-    released = Simulation.objects.get(pk=simulation.pk)
+    released_machine_id = simulation.machine_id
     simulation.accrued_cost = simulation.cost
     simulation.status = Simulation.Status.PENDING
     simulation.attempts += 1
@@ -203,7 +202,7 @@ def simulation_requeue(*, simulation: Simulation, reason: str) -> Simulation:
     simulation.hourly_cost = None
     simulation.scheduled_at = simulation.started_at = simulation.last_heartbeat_at = None
     simulation.save()
-    _release_machine(released)
+    _release_machine(released_machine_id)
     events.simulation_changed(simulation)
     return simulation
 
