@@ -1,9 +1,10 @@
 import os
 
-from django.core.asgi import get_asgi_application
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "simsched.settings")
-django_asgi_app = get_asgi_application()
+
+from simsched.asgi_http import get_http_application  # noqa: E402
+
+http_application = get_http_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
@@ -13,7 +14,7 @@ from simulations.routing import websocket_urlpatterns as simulation_sockets  # n
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": http_application,
         "websocket": SocketAuthStack(URLRouter([*convergence_sockets, *simulation_sockets])),
     }
 )
