@@ -89,14 +89,19 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_bool("DB_POOL", True):
-    # Each ASGI request runs in its own thread, so per-thread persistent connections would
-    # never be reused: a process-wide pool keeps them warm instead (CONN_MAX_AGE must be 0).
+    # A process-wide pool keeps connections warm and bounds them (CONN_MAX_AGE must be 0).
+    # Server-side binding lets psycopg prepare the statements a connection repeats: planning
+    # the ingest statement takes longer than running it (EXPLAIN ANALYZE: 0.8 ms vs 0.5 ms).
+    # Set DB_PREPARED_STATEMENTS=0 behind a PgBouncer in transaction mode.
+    prepared = env_bool("DB_PREPARED_STATEMENTS", True)
     DATABASES["default"]["OPTIONS"] = {
+        "server_side_binding": prepared,
+        "prepare_threshold": 5 if prepared else None,
         "pool": {
             "min_size": int(os.environ.get("DB_POOL_MIN_SIZE", 2)),
             "max_size": int(os.environ.get("DB_POOL_MAX_SIZE", 20)),
             "timeout": float(os.environ.get("DB_POOL_TIMEOUT", 3)),  # then 503 during an outage
-        }
+        },
     }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {
