@@ -83,7 +83,12 @@ def machine_delete(*, machine: Machine) -> None:
     pass for a person's and could create simulations."""
     try:
         with transaction.atomic():
-            agent_user_id = machine.agent_user_id
+            # Read it afresh: the agent account may have been made after `machine` was loaded.
+            agent_user_id = (
+                Machine.objects.select_for_update()
+                .values_list("agent_user_id", flat=True)
+                .get(pk=machine.pk)
+            )
             machine.delete()
             if agent_user_id is not None:
                 get_user_model().objects.filter(pk=agent_user_id).delete()

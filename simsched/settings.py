@@ -151,7 +151,7 @@ AUTH_PASSWORD_VALIDATORS = [
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "simsched.authentication.CachedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -200,6 +200,8 @@ SIMSCHED_HEARTBEAT_TIMEOUT = int(os.environ.get("SIMSCHED_HEARTBEAT_TIMEOUT", 60
 SIMSCHED_MAX_RETRIES = int(os.environ.get("SIMSCHED_MAX_RETRIES", 2))
 SIMSCHED_SCHEDULER_INTERVAL = float(os.environ.get("SIMSCHED_SCHEDULER_INTERVAL", 5))
 SIMSCHED_SIMULATED_RATE = float(os.environ.get("SIMSCHED_SIMULATED_RATE", 20))
+# How long a server process trusts a token it has checked (0: check every request).
+SIMSCHED_TOKEN_CACHE_SECONDS = float(os.environ.get("SIMSCHED_TOKEN_CACHE_SECONDS", 5))
 
 # --- Static files, i18n -------------------------------------------------------------------------
 
