@@ -2,9 +2,9 @@ import math
 from datetime import UTC, datetime, timedelta
 
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 
-from convergence.models import ConvergencePoint
 from convergence.selectors import GRAPH_DEFAULT_POINTS, GRAPH_MAX_POINTS, GRAPH_MIN_POINTS
 from convergence.services import MAX_BATCH_POINTS, Point
 
@@ -31,13 +31,15 @@ def validate_timestamp(value: datetime) -> datetime:
     return value
 
 
-class PointSerializer(serializers.ModelSerializer):
-    simulation_id = serializers.IntegerField(read_only=True)
+class PointSerializer(serializers.Serializer):
+    """A stored point. Declared field by field: a ModelSerializer rebuilds its fields from the
+    model on every use, which cost more than the rest of a single-point write."""
 
-    class Meta:
-        model = ConvergencePoint
-        fields = ["id", "simulation_id", "step", "timestamp", "loss_value"]
-        read_only_fields = fields
+    id = serializers.IntegerField(read_only=True)
+    simulation_id = serializers.IntegerField(read_only=True)
+    step = serializers.IntegerField(read_only=True)
+    timestamp = serializers.DateTimeField(read_only=True)
+    loss_value = serializers.FloatField(read_only=True)
 
 
 class PointInputSerializer(serializers.Serializer):
@@ -53,6 +55,50 @@ class PointInputSerializer(serializers.Serializer):
 
 class BarePointInputSerializer(PointInputSerializer):
     simulation_id = None
+
+
+def parse_point(data, serializer_class=PointInputSerializer) -> dict:
+    """Validate a single-point body. The common case (integer ids and step, a finite number,
+    no or an ISO 8601 timestamp) skips building a serializer; anything else goes through
+    `serializer_class`, which also words the errors."""
+    fields = _fast_single_point(data, with_simulation=serializer_class is PointInputSerializer)
+    if fields is not None:
+        return fields
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+def _fast_single_point(data, *, with_simulation: bool) -> dict | None:
+    if type(data) is not dict:
+        return None
+    fields = {}
+    if with_simulation:
+        simulation_id = data.get("simulation_id")
+        if type(simulation_id) is not int or not 1 <= simulation_id < 2**63:
+            return None
+        fields["simulation_id"] = simulation_id
+    step, loss, stamp = data.get("step"), data.get("loss_value"), data.get("timestamp")
+    try:
+        if type(loss) is not float and type(loss) is not int or not math.isfinite(loss):
+            return None
+        fields["loss_value"] = float(loss)
+        timestamp = parse_datetime(stamp) if type(stamp) is str else None
+    except (OverflowError, ValueError):
+        return None
+    if "step" in data:
+        if type(step) is not int or not 0 <= step <= MAX_STEP:
+            return None
+        fields["step"] = step
+    if "timestamp" in data:
+        if timestamp is None:
+            return None
+        if timezone.is_naive(timestamp):
+            timestamp = timestamp.replace(tzinfo=UTC)
+        if not EARLIEST_TIMESTAMP <= timestamp <= timezone.now() + FUTURE_TOLERANCE:
+            return None
+        fields["timestamp"] = timestamp
+    return fields
 
 
 class BatchPointSerializer(serializers.Serializer):

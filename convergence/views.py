@@ -22,11 +22,13 @@ from convergence.serializers import (
     PointSerializer,
     StreamQuerySerializer,
     StreamSerializer,
+    parse_point,
     parse_point_batch,
 )
 from simsched.exceptions import NotFoundError
 from simsched.permissions import can_write_points
 from simulations.models import Simulation
+from simulations.selectors import WriteAccess, simulation_write_access
 
 SIMULATION_ID = OpenApiParameter("simulation_id", int, OpenApiParameter.PATH)
 CSV_EXPORT_CHUNK = 5000
@@ -67,10 +69,8 @@ class ConvergenceViewSet(viewsets.ViewSet):
     lookup_url_kwarg = "simulation_id"
     lookup_value_regex = r"[0-9]+"
 
-    def _simulation_for_write(self, simulation_id) -> Simulation:
-        simulation = (
-            Simulation.objects.filter(pk=simulation_id).only("owner_id", "machine_id").first()
-        )
+    def _simulation_for_write(self, simulation_id) -> WriteAccess:
+        simulation = simulation_write_access(simulation_id=simulation_id)
         if simulation is None:
             raise NotFoundError(f"Simulation {simulation_id} does not exist.")
         if not can_write_points(self.request.user, simulation):
@@ -84,9 +84,7 @@ class ConvergenceViewSet(viewsets.ViewSet):
     )
     @action(detail=False, methods=["post"], url_path="data")
     def add_point(self, request):
-        serializer = PointInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
+        data = parse_point(request.data)
         self._simulation_for_write(data["simulation_id"])
         point, created = services.point_add(**data)
         return Response(
@@ -102,12 +100,9 @@ class ConvergenceViewSet(viewsets.ViewSet):
     )
     @action(detail=True, methods=["post"], url_path="add-bare-sql")
     def add_bare_sql(self, request, simulation_id=None):
-        serializer = BarePointInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
+        data = parse_point(request.data, BarePointInputSerializer)
         self._simulation_for_write(simulation_id)
-        point, created = services.point_add_bare_sql(
-            simulation_id=int(simulation_id), **serializer.validated_data
-        )
+        point, created = services.point_add_bare_sql(simulation_id=int(simulation_id), **data)
         return Response(
             PointSerializer(point).data,
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,

@@ -2,6 +2,7 @@
 
 from datetime import UTC
 from decimal import Decimal
+from typing import NamedTuple
 
 from django.db import connection
 from django.db.models import Q
@@ -101,6 +102,25 @@ def simulation_wait_reasons(simulations) -> dict[int, dict]:
         return {}
     fleet = list(Machine.objects.only("id", "name", "status", "gpu_count", "memory", "cpu_cores"))
     return {s.pk: _wait_reason(s, fleet) for s in pending}
+
+
+class WriteAccess(NamedTuple):
+    owner_id: int | None
+    machine_id: int | None
+
+
+def simulation_write_access(*, simulation_id) -> WriteAccess | None:
+    """Bare SQL: who may write a simulation's points, read on every point write, where building
+    the ORM query costs more than running it. None for an unknown simulation."""
+    simulation_id = int(simulation_id)
+    if not 0 < simulation_id < 2**63:
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT owner_id, machine_id FROM simulations WHERE id = %s", [simulation_id]
+        )
+        row = cursor.fetchone()
+    return WriteAccess(*row) if row is not None else None
 
 
 def simulation_detailed(*, simulation_id: int) -> dict:
