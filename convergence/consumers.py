@@ -9,6 +9,7 @@ from convergence import selectors, services
 from convergence.curves import LossCurve
 from simsched.broadcast import simulation_group
 from simsched.exceptions import ConflictError, ForbiddenError, NotFoundError
+from simsched.groups import CLOSE_LAYER_FAILED, local_groups
 from simsched.socket_auth import (
     CLOSE_CONFLICT,
     CLOSE_FORBIDDEN,
@@ -34,7 +35,11 @@ class ConvergenceConsumer(AsyncJsonWebsocketConsumer):
             return await self.close(code=CLOSE_UNAUTHENTICATED)
         # Join before reading the snapshot, so nothing committed in between is missed
         # (clients drop points they already have, by step).
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        try:
+            await local_groups().add(self.group, self)
+        except Exception as exc:  # noqa: BLE001 - the channel layer is down
+            logger.warning("socket refused, channel layer down: %r", exc)
+            return await self.close(code=CLOSE_LAYER_FAILED)
         self.joined = True
         snapshot = await database_sync_to_async(selectors.convergence_snapshot)(
             simulation_id=self.simulation_id
@@ -45,7 +50,7 @@ class ConvergenceConsumer(AsyncJsonWebsocketConsumer):
 
     async def disconnect(self, code):
         if getattr(self, "joined", False):
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+            await local_groups().discard(self.group, self)
 
     async def convergence_points(self, event):
         await self.send_json(

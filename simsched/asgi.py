@@ -9,12 +9,15 @@ http_application = get_http_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from convergence.routing import websocket_urlpatterns as convergence_sockets  # noqa: E402
+from simsched.broadcast import DeferredBroadcasts  # noqa: E402
 from simsched.socket_auth import SocketAuthStack  # noqa: E402
 from simulations.routing import websocket_urlpatterns as simulation_sockets  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {
-        "http": http_application,
-        "websocket": SocketAuthStack(URLRouter([*convergence_sockets, *simulation_sockets])),
-    }
+application = DeferredBroadcasts(
+    ProtocolTypeRouter(
+        {
+            "http": http_application,
+            "websocket": SocketAuthStack(URLRouter([*convergence_sockets, *simulation_sockets])),
+        }
+    )
 )

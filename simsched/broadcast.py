@@ -2,10 +2,17 @@
 
 A failed broadcast (Redis down) is logged and never fails the write: the data is stored and
 clients backfill from the stream endpoint when they reconnect.
+
+Inside the server (`DeferredBroadcasts` wraps the ASGI application) a request hands its
+broadcasts to the event loop, which sends them in order while the response goes out: the request
+does not wait for the channel layer. Elsewhere (management commands, tests) `broadcast` sends
+before the commit returns.
 """
 
 import asyncio
 import logging
+import weakref
+from contextvars import Context, ContextVar
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -23,18 +30,75 @@ def simulation_group(simulation_id: int) -> str:
 
 def broadcast(group: str, message: dict) -> None:
     """Send `message` to `group` once the current transaction (if any) has committed."""
+    message = {**message, "group": group}  # simsched.groups delivers by it
     transaction.on_commit(lambda: send_now(group, message))
 
 
-def send_now(group: str, message: dict) -> bool:
+def send_now(group: str, message: dict) -> None:
+    sender = _loop_sender.get()
+    if sender is not None and sender.submit(group, message):
+        return
     try:
         async_to_sync(_group_send)(group, message)
     except Exception as exc:  # noqa: BLE001 - any layer failure must not fail the write
         logger.warning("broadcast to %s failed: %r", group, exc)
-        return False
-    return True
 
 
 async def _group_send(group: str, message: dict) -> None:
     layer = get_channel_layer()
     await asyncio.wait_for(layer.group_send(group, message), SEND_TIMEOUT_SECONDS)
+
+
+class LoopSender:
+    """Sends broadcasts handed over from any thread, one after another, on its event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.task: asyncio.Task | None = None
+        self.context = Context()  # not the request's: the sends outlive it
+
+    def submit(self, group: str, message: dict) -> bool:
+        """Queue a broadcast; False if the loop has closed (the caller sends it itself)."""
+        try:
+            self.loop.call_soon_threadsafe(self._enqueue, group, message, context=self.context)
+        except RuntimeError:
+            return False
+        return True
+
+    def _enqueue(self, group: str, message: dict) -> None:
+        self.queue.put_nowait((group, message))
+        if self.task is None or self.task.done():
+            self.task = self.loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while not self.queue.empty():
+            group, message = self.queue.get_nowait()
+            try:
+                await _group_send(group, message)
+            except Exception as exc:  # noqa: BLE001 - as in send_now
+                logger.warning("broadcast to %s failed: %r", group, exc)
+
+
+_loop_sender: ContextVar[LoopSender | None] = ContextVar("simsched_loop_sender", default=None)
+_senders: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopSender]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class DeferredBroadcasts:
+    """ASGI middleware: broadcasts made while handling a connection go through the loop."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        loop = asyncio.get_running_loop()
+        sender = _senders.get(loop)
+        if sender is None:
+            sender = _senders[loop] = LoopSender(loop)
+        token = _loop_sender.set(sender)
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            _loop_sender.reset(token)

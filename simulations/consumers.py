@@ -1,7 +1,12 @@
+import logging
+
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from simsched.broadcast import FLEET_GROUP
+from simsched.groups import CLOSE_LAYER_FAILED, local_groups
 from simsched.socket_auth import CLOSE_UNAUTHENTICATED, is_signed_in
+
+logger = logging.getLogger(__name__)
 
 
 class FleetConsumer(AsyncJsonWebsocketConsumer):
@@ -12,13 +17,17 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
         await self.accept()
         if not is_signed_in(self.scope):
             return await self.close(code=CLOSE_UNAUTHENTICATED)
-        await self.channel_layer.group_add(FLEET_GROUP, self.channel_name)
+        try:
+            await local_groups().add(FLEET_GROUP, self)
+        except Exception as exc:  # noqa: BLE001 - the channel layer is down
+            logger.warning("socket refused, channel layer down: %r", exc)
+            return await self.close(code=CLOSE_LAYER_FAILED)
         self.joined = True
         await self.send_json({"type": "hello"})
 
     async def disconnect(self, code):
         if self.joined:
-            await self.channel_layer.group_discard(FLEET_GROUP, self.channel_name)
+            await local_groups().discard(FLEET_GROUP, self)
 
     async def fleet_machine(self, event):
         await self.send_json({"type": "machine", "machine": event["machine"]})

@@ -1,0 +1,151 @@
+"""The server's own request path, in process: HTTP through `simsched.asgi.application` (reused
+request threads, the synchronous middleware chain, broadcasts handed to the event loop) and
+sockets sharing one channel-layer membership per group.
+
+The other socket tests post through DRF's test client, outside the ASGI application; these post
+through the application itself, as daphne does.
+"""
+
+import asyncio
+import json
+
+import pytest
+from channels.layers import get_channel_layer
+from channels.testing import HttpCommunicator, WebsocketCommunicator
+from rest_framework.authtoken.models import Token
+
+from convergence.models import ConvergencePoint
+from simsched import groups
+from simsched.asgi import application
+from simsched.broadcast import simulation_group
+from tests.convergence.test_consumers import TIMEOUT, db, open_viewer
+from tests.factories import make_simulation
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def token(user):
+    return Token.objects.get_or_create(user=user)[0].key
+
+
+@pytest.fixture
+def auth(token):
+    return [(b"authorization", f"Token {token}".encode())]
+
+
+@pytest.fixture
+def simulation(user):
+    return make_simulation(name="asgi-path", owner=user)
+
+
+async def group_members(group: str) -> list[str]:
+    """This process's members of the group, as the channel layer holds them (in memory, or in
+    Redis, where other test runs may have left members of their own)."""
+    layer = get_channel_layer()
+    if hasattr(layer, "groups"):
+        members = list(layer.groups.get(group, {}))
+    else:
+        key = layer._group_key(group)
+        found = await layer.connection(layer.consistent_hash(group)).zrange(key, 0, -1)
+        members = [member.decode() for member in found]
+    process = (await layer.new_channel()).split("!")[0]
+    return [member for member in members if member.startswith(process + "!")]
+
+
+async def http_post(path: str, body: dict, token: str) -> tuple[int, dict]:
+    payload = json.dumps(body).encode()
+    communicator = HttpCommunicator(
+        application,
+        "POST",
+        path,
+        body=payload,
+        headers=[
+            (b"host", b"testserver"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+            (b"authorization", f"Token {token}".encode()),
+        ],
+    )
+    response = await communicator.get_response(timeout=TIMEOUT)
+    await communicator.wait(TIMEOUT)  # the request ends as under a server, not cancelled
+    return response["status"], json.loads(response["body"])
+
+
+async def test_points_posted_through_the_server_path_reach_a_socket_in_order(
+    auth, token, simulation
+):
+    viewer, _ = await open_viewer(simulation.pk, auth)
+
+    for step in range(20):
+        status, body = await http_post(
+            "/convergence/data",
+            {"simulation_id": simulation.pk, "step": step, "loss_value": 1.0 / (step + 1)},
+            token,
+        )
+        assert status == 201, body
+        assert body["step"] == step
+
+    received = []
+    while len(received) < 20:
+        message = await viewer.receive_json_from(timeout=TIMEOUT)
+        received += [point["step"] for point in message["points"]]
+    assert received == list(range(20))
+    assert await db(ConvergencePoint.objects.filter(simulation=simulation).count) == 20
+    await viewer.disconnect()
+
+
+async def test_sockets_watching_one_simulation_share_one_group_membership(auth, token, simulation):
+    viewers = [(await open_viewer(simulation.pk, auth))[0] for _ in range(3)]
+    group = simulation_group(simulation.pk)
+    assert len(await group_members(group)) == 1  # the process's one channel
+
+    status, _ = await http_post(
+        "/convergence/data", {"simulation_id": simulation.pk, "step": 0, "loss_value": 0.5}, token
+    )
+    assert status == 201
+    for viewer in viewers:
+        message = await viewer.receive_json_from(timeout=TIMEOUT)
+        assert message["points"] == [{"step": 0, "loss": 0.5}]
+
+    for viewer in viewers[:2]:
+        await viewer.disconnect()
+    assert len(await group_members(group)) == 1  # the last viewer still watches
+    await viewers[2].disconnect()
+    assert await group_members(group) == []
+
+
+async def test_a_channel_layer_failure_closes_every_socket_with_1011(auth, simulation, monkeypatch):
+    layer = get_channel_layer()
+    outage = asyncio.Event()
+
+    async def receive_until_the_outage(channel):
+        await outage.wait()
+        raise ConnectionError("channel layer down")
+
+    monkeypatch.setattr(layer, "receive", receive_until_the_outage)
+    viewers = [(await open_viewer(simulation.pk, auth))[0] for _ in range(2)]
+
+    outage.set()
+
+    for viewer in viewers:
+        message = await viewer.receive_output(timeout=TIMEOUT)
+        assert message["type"] == "websocket.close"
+        assert message["code"] == groups.CLOSE_LAYER_FAILED
+    assert groups.local_groups().members == {}  # the next socket joins afresh
+
+
+async def test_a_socket_cannot_join_while_the_channel_layer_is_down(auth, simulation, monkeypatch):
+    async def group_add_fails(group, channel):
+        raise ConnectionError("channel layer down")
+
+    monkeypatch.setattr(get_channel_layer(), "group_add", group_add_fails)
+    communicator = WebsocketCommunicator(
+        application, f"/ws/convergence/{simulation.pk}", headers=auth
+    )
+    connected, _ = await communicator.connect(timeout=TIMEOUT)
+    assert connected
+
+    message = await communicator.receive_output(timeout=TIMEOUT)
+    assert message["type"] == "websocket.close"
+    assert message["code"] == groups.CLOSE_LAYER_FAILED
