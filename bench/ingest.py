@@ -102,14 +102,15 @@ def phase_batch_vs_copy(server, token, api_sim, copy_sim, total, rounds=5) -> di
 
 
 def _single_requests(port, token, simulation_id, first_step, count, deadline) -> list[float]:
-    client = common.Client(port, token)
+    client = common.RawClient(port, token)
     latencies = []
     for step in range(first_step, first_step + count):
         if time.monotonic() > deadline:
             break
         body = {"simulation_id": simulation_id, "step": step, "loss_value": loss_at(step)}
+        payload = json.dumps(body).encode()
         t0 = time.perf_counter()
-        status, data = client.request("POST", "/convergence/data", json.dumps(body).encode())
+        status, data = client.post("/convergence/data", payload)
         latencies.append(time.perf_counter() - t0)
         if status != 201:
             raise RuntimeError(f"single point -> {status}: {data[:200]!r}")
