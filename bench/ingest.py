@@ -118,6 +118,16 @@ def _single_requests(port, token, simulation_id, first_step, count, deadline) ->
     return latencies
 
 
+def settle() -> None:
+    """Let PostgreSQL finish with the last phase's million rows (checkpoint, statistics) so
+    the next phase does not share the disk and cores with that work."""
+    import psycopg
+
+    with psycopg.connect(common.DATABASE_URL, autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE) convergence_data, convergence_rollup")
+        conn.execute("CHECKPOINT")
+
+
 def phase_single(server, token, simulation_ids, *, clients, per_client) -> dict:
     server.reset_peak()
     deadline = time.monotonic() + 120
@@ -259,6 +269,7 @@ def main() -> int:
             flush=True,
         )
 
+        settle()
         seq = phase_single(server, token, single_sims, clients=1, per_client=3000)
         print(f"single sequential: {seq['rps']:.0f} req/s, {seq['summary']}", flush=True)
         conc = phase_single(server, token, single_sims[1:], clients=8, per_client=400)

@@ -24,6 +24,7 @@ from convergence.serializers import (
     StreamSerializer,
     parse_point,
     parse_point_batch,
+    point_representation,
 )
 from simsched.exceptions import NotFoundError
 from simsched.permissions import can_write_points
@@ -88,7 +89,7 @@ class ConvergenceViewSet(viewsets.ViewSet):
         self._simulation_for_write(data["simulation_id"])
         point, created = services.point_add(**data)
         return Response(
-            PointSerializer(point).data,
+            point_representation(point),
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
         )
 
@@ -104,7 +105,7 @@ class ConvergenceViewSet(viewsets.ViewSet):
         self._simulation_for_write(simulation_id)
         point, created = services.point_add_bare_sql(simulation_id=int(simulation_id), **data)
         return Response(
-            PointSerializer(point).data,
+            point_representation(point),
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
         )
 

@@ -62,6 +62,10 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
+# The admin's messages live in the session: the default cookie storage derives a signing key on
+# every request, API requests included.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
+
 ROOT_URLCONF = "simsched.urls"
 ASGI_APPLICATION = "simsched.asgi.application"
 APPEND_SLASH = False  # every API path answers with and without the trailing slash
