@@ -101,16 +101,25 @@ def phase_batch_vs_copy(server, token, api_sim, copy_sim, total, rounds=5) -> di
     }
 
 
-def _single_requests(port, token, simulation_id, first_step, count, deadline) -> list[float]:
+def _single_bodies(simulation_id: int, count: int) -> list[bytes]:
+    """Serialized before timing, as the batch phase's bodies are."""
+    return [
+        json.dumps(
+            {"simulation_id": simulation_id, "step": step, "loss_value": loss_at(step)}
+        ).encode()
+        for step in range(count)
+    ]
+
+
+def _single_requests(port, token, bodies, deadline) -> list[float]:
+    """Sequential single-point POSTs over one keep-alive connection."""
     client = common.RawClient(port, token)
     latencies = []
-    for step in range(first_step, first_step + count):
+    for body in bodies:
         if time.monotonic() > deadline:
             break
-        body = {"simulation_id": simulation_id, "step": step, "loss_value": loss_at(step)}
-        payload = json.dumps(body).encode()
         t0 = time.perf_counter()
-        status, data = client.post("/convergence/data", payload)
+        status, data = client.post("/convergence/data", body)
         latencies.append(time.perf_counter() - t0)
         if status != 201:
             raise RuntimeError(f"single point -> {status}: {data[:200]!r}")
@@ -132,13 +141,12 @@ def phase_single(server, token, simulation_ids, *, clients, per_client) -> dict:
     server.reset_peak()
     deadline = time.monotonic() + 120
     results: list[list[float]] = [[] for _ in range(clients)]
+    bodies = [_single_bodies(simulation_ids[index], per_client) for index in range(clients)]
     errors: list[BaseException] = []
 
     def run(index):
         try:
-            results[index] = _single_requests(
-                server.port, token, simulation_ids[index], 0, per_client, deadline
-            )
+            results[index] = _single_requests(server.port, token, bodies[index], deadline)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 

@@ -5,6 +5,7 @@ import json
 import time
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from convergence.models import ConvergencePoint
@@ -94,3 +95,30 @@ def test_points_are_stored_while_redis_is_down_and_live_updates_resume(
         live = _next_message(ws, "points")
     assert [p["step"] for p in live["points"]] == [51, 52, 53]
     assert ConvergencePoint.objects.filter(simulation=simulation).count() == 54
+
+
+def test_a_watching_socket_is_closed_when_redis_goes_away_and_can_reconnect(
+    server, redis_server, agent_run
+):
+    """The socket cannot tell what it misses while Redis is down, so the server closes it
+    (1011) and the client reconnects and backfills, as the dashboard does."""
+    simulation, token = agent_run
+    url = f"{server.ws_url}/ws/convergence/{simulation.pk}"
+    headers = {"Authorization": f"Token {token}"}
+    with connect(url, additional_headers=headers) as ws:
+        _next_message(ws, "snapshot")
+
+        redis_server.stop()
+
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                ws.recv(timeout=RECONNECT_SECONDS)
+    assert closed.value.rcvd.code == 1011
+
+    redis_server.start()
+    _wait_until_healthy(server)
+    with connect(url, additional_headers=headers) as ws:
+        assert _next_message(ws, "snapshot")["simulation"]["id"] == simulation.pk
+        points_url = f"{server.url}/convergence/{simulation.pk}/points"
+        assert http("POST", points_url, token=token, body=_batch(0, 2)).status == 200
+        assert [p["step"] for p in _next_message(ws, "points")["points"]] == [0, 1]
