@@ -21,6 +21,9 @@ from django.db import transaction
 logger = logging.getLogger(__name__)
 
 SEND_TIMEOUT_SECONDS = 2.0
+# Broadcasts a server process holds while the channel layer is slow or down. Beyond it new ones
+# are dropped: the points are stored, and sockets are closed and backfill when the layer fails.
+MAX_QUEUED_BROADCASTS = 10_000
 FLEET_GROUP = "fleet"
 
 
@@ -52,9 +55,10 @@ async def _group_send(group: str, message: dict) -> None:
 class LoopSender:
     """Sends broadcasts handed over from any thread, one after another, on its event loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, limit: int = MAX_QUEUED_BROADCASTS):
         self.loop = loop
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=limit)
+        self.dropped = 0
         self.task: asyncio.Task | None = None
         self.context = Context()  # not the request's: the sends outlive it
 
@@ -67,7 +71,13 @@ class LoopSender:
         return True
 
     def _enqueue(self, group: str, message: dict) -> None:
-        self.queue.put_nowait((group, message))
+        try:
+            self.queue.put_nowait((group, message))
+        except asyncio.QueueFull:
+            if self.dropped == 0:
+                logger.warning("channel layer backlog full, dropping broadcasts")
+            self.dropped += 1
+            return
         if self.task is None or self.task.done():
             self.task = self.loop.create_task(self._drain())
 
@@ -78,6 +88,9 @@ class LoopSender:
                 await _group_send(group, message)
             except Exception as exc:  # noqa: BLE001 - as in send_now
                 logger.warning("broadcast to %s failed: %r", group, exc)
+        if self.dropped:
+            logger.warning("channel layer backlog cleared; %d broadcasts dropped", self.dropped)
+            self.dropped = 0
 
 
 _loop_sender: ContextVar[LoopSender | None] = ContextVar("simsched_loop_sender", default=None)
