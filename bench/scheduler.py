@@ -122,7 +122,11 @@ def main() -> int:
 
     if args.worker is not None:
         common.django_setup()
-        print(json.dumps(worker(args.worker, args.workers)), flush=True)
+        from simsched.broadcast import sent_in_the_background
+
+        with sent_in_the_background():  # as manage.py scheduler sends its change events
+            stats = worker(args.worker, args.workers)
+        print(json.dumps(stats), flush=True)
         return 0
 
     common.fresh_database()

@@ -11,7 +11,9 @@ before the commit returns.
 
 import asyncio
 import logging
+import threading
 import weakref
+from contextlib import contextmanager
 from contextvars import Context, ContextVar
 
 from asgiref.sync import async_to_sync
@@ -81,6 +83,11 @@ class LoopSender:
         if self.task is None or self.task.done():
             self.task = self.loop.create_task(self._drain())
 
+    async def flush(self) -> None:
+        """Wait until everything handed over before this call has been sent."""
+        while self.task is not None and not self.task.done():
+            await self.task
+
     async def _drain(self) -> None:
         while not self.queue.empty():
             group, message = self.queue.get_nowait()
@@ -115,3 +122,29 @@ class DeferredBroadcasts:
             return await self.app(scope, receive, send)
         finally:
             _loop_sender.reset(token)
+
+
+@contextmanager
+def sent_in_the_background():
+    """For long-running management commands: broadcasts go out from one event loop on a thread
+    of its own, in order and over one channel-layer connection, and the command does not wait
+    for them. All of them have been sent when the block ends."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="simsched-broadcasts", daemon=True)
+    thread.start()
+    sender = LoopSender(loop)
+    token = _loop_sender.set(sender)
+    try:
+        yield
+    finally:
+        _loop_sender.reset(token)
+        try:
+            asyncio.run_coroutine_threadsafe(sender.flush(), loop).result(SEND_TIMEOUT_SECONDS * 5)
+        except TimeoutError:
+            logger.warning(
+                "%d broadcasts not sent: the channel layer is too slow", sender.queue.qsize()
+            )
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+            loop.close()

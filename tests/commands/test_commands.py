@@ -2,13 +2,17 @@ import io
 import threading
 
 import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
 from django.core.management import CommandError, call_command
 from rest_framework.authtoken.models import Token
 
 from convergence.models import ConvergencePoint
 from machines.models import Machine
+from simsched.asgi import application
 from simulations.models import Simulation
 from tests.factories import make_machine, make_simulation, make_user
+from tests.security.helpers import token_key
 
 
 def run(*args, **options) -> str:
@@ -115,3 +119,30 @@ def test_demo_agents_claim_report_and_finish_over_http(live_server):
     assert simulation.status == Simulation.Status.FINISHED
     assert simulation.points.count() == 120
     assert Machine.objects.get(pk=machine.pk).status == Machine.Status.AVAILABLE
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+async def test_the_scheduler_commands_broadcasts_reach_a_fleet_socket(settings):
+    """The command sends from an event loop of its own; through Redis, sockets served by the
+    server get what it changed."""
+    settings.SIMSCHED_HEARTBEAT_TIMEOUT = 0
+    settings.SIMSCHED_MAX_RETRIES = 0
+    await database_sync_to_async(make_machine)()
+    stuck = await database_sync_to_async(make_simulation)()  # scheduled on the machine
+    watcher = await database_sync_to_async(make_user)("watcher", staff=True)
+    token = await database_sync_to_async(token_key)(watcher)
+    fleet = WebsocketCommunicator(
+        application, "/ws/fleet", headers=[(b"authorization", f"Token {token}".encode())]
+    )
+    assert (await fleet.connect(timeout=10))[0]
+    assert (await fleet.receive_json_from(timeout=10))["type"] == "hello"
+
+    await database_sync_to_async(run)("scheduler", once=True)  # fails the silent simulation
+
+    while True:
+        message = await fleet.receive_json_from(timeout=10)
+        if message["type"] == "simulation" and message["simulation"]["id"] == stuck.pk:
+            break
+    assert message["simulation"]["status"] == "failed"
+    await fleet.disconnect()

@@ -5,6 +5,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import DatabaseError, close_old_connections
 
+from simsched.broadcast import sent_in_the_background
 from simulations.scheduler import assign_pending, reap_silent
 
 logger = logging.getLogger("simsched.scheduler")
@@ -30,11 +31,12 @@ class Command(BaseCommand):
             f"scheduler: every {interval}s, heartbeat timeout "
             f"{settings.SIMSCHED_HEARTBEAT_TIMEOUT}s, {settings.SIMSCHED_MAX_RETRIES} retries"
         )
-        while True:
-            self._pass()
-            if once:
-                return
-            time.sleep(interval)
+        with sent_in_the_background():
+            while True:
+                self._pass()
+                if once:
+                    return
+                time.sleep(interval)
 
     def _pass(self) -> None:
         close_old_connections()

@@ -17,6 +17,7 @@ from django.utils import timezone
 from convergence.curves import LossCurve
 from convergence.services import MAX_BATCH_POINTS, Point, points_ingest
 from machines.models import Machine
+from simsched.broadcast import sent_in_the_background
 from simulations.models import Simulation
 from simulations.scheduler import assign_pending
 from simulations.selectors import fits
@@ -82,7 +83,11 @@ class Command(BaseCommand):
         )
         parser.add_argument("--running", type=int, default=None, help="Running simulations.")
 
-    def handle(self, *args, machines, simulations, points, running, **options):
+    def handle(self, *args, **options):
+        with sent_in_the_background():  # seeding must not wait on Redis once per batch
+            self._seed(**options)
+
+    def _seed(self, *, machines, simulations, points, running, **options):
         rng = random.Random(SEED)
         fleet = self._fleet(machines)
         running = min(
