@@ -5,6 +5,7 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.core.management import CommandError, call_command
+from django.db import connections
 from rest_framework.authtoken.models import Token
 
 from convergence.models import ConvergencePoint
@@ -101,9 +102,15 @@ def test_demo_agents_claim_report_and_finish_over_http(live_server):
     machine = make_machine()
     simulation = make_simulation()
     assert Simulation.objects.get(pk=simulation.pk).machine == machine
+
+    def agents(**options):
+        try:
+            run("agents", **options)
+        finally:
+            connections.close_all()  # this thread's, or the test database outlives the run
+
     worker = threading.Thread(
-        target=run,
-        args=("agents",),
+        target=agents,
         kwargs={
             "url": live_server.url,
             "points": 120,
