@@ -28,6 +28,7 @@ DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/{BENCH_DB}"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 REDIS_PREFIX = "bench"
 HOST = "127.0.0.1"
+sys.path.insert(0, str(ROOT))  # the project's packages, and tests.servers' private services
 
 
 def server_env(*, redis_url: str = REDIS_URL, **extra: str) -> dict[str, str]:
@@ -76,7 +77,6 @@ def django_setup(**env: str) -> None:
     """Configure Django in this process against the bench database (for setup and checks)."""
     os.environ.update(server_env(**env))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "simsched.settings")
-    sys.path.insert(0, str(ROOT))
     import django
 
     django.setup()

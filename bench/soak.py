@@ -4,7 +4,7 @@ Starts its own redis-server (127.0.0.1, a spare port, no persistence) and a daph
 Several agent threads each send tens of thousands of points in batches of a few hundred,
 re-sending earlier batches now and then as if a response had timed out. One socket per
 simulation records what it receives; on a disconnect or a gap it reconnects / backfills from
-GET /convergence/{id}/stream?since_step=N. Redis is killed and restarted in the middle.
+GET /convergence/{id}/stream?since_step=N. Redis is stopped and restarted in the middle.
 
 At the end: the stored count equals the distinct points sent, exactly, and every socket's
 received + backfilled step set equals the stored set.
@@ -16,8 +16,6 @@ import argparse
 import asyncio
 import json
 import random
-import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -26,46 +24,10 @@ import common
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from tests.servers import Redis
+
 RUN_SECONDS = 600
 RESEND_PROBABILITY = 0.15
-
-
-class RedisServer:
-    def __init__(self, port: int):
-        self.port = port
-        self.proc = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                shutil.which("redis-server") or "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            ping = subprocess.run(
-                ["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), "ping"],
-                capture_output=True,
-                text=True,
-            )
-            if ping.stdout.strip() == "PONG":
-                return
-            time.sleep(0.1)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 class Agent(threading.Thread):
@@ -215,8 +177,7 @@ def main() -> int:
     parser.add_argument("--no-results", action="store_true")
     args = parser.parse_args()
 
-    redis = RedisServer(args.redis_port)
-    redis.start()
+    redis = Redis(args.redis_port).start()
     common.fresh_database()
     common.django_setup(redis_url=f"redis://127.0.0.1:{args.redis_port}/0")
     token, sims = common.make_fixtures(simulations=args.agents)
@@ -244,7 +205,7 @@ def main() -> int:
                 if restarted_at is None and sum(a.progress for a in agents) >= total * 0.4:
                     restarted_at = sum(a.progress for a in agents)
                     redis.stop()
-                    print(f"redis killed after {restarted_at:,} points", flush=True)
+                    print(f"redis stopped after {restarted_at:,} points", flush=True)
                     time.sleep(2.0)
                     redis.start()
                     print("redis restarted", flush=True)
@@ -282,7 +243,7 @@ def main() -> int:
     lines = [
         f"Load held: **{sent / elapsed:,.0f} distinct points/s** ({sent:,} points, "
         f"{sum(a.requests for a in agents)} requests in {elapsed:.1f} s) from {args.agents} "
-        f"agent threads; Redis killed and restarted after {restarted_at or 0:,} points. "
+        f"agent threads; Redis stopped and restarted after {restarted_at or 0:,} points. "
         f"Peak server memory (VmHWM): {peak:.0f} MiB. Result: **{'PASS' if ok else 'FAIL'}**.",
         "",
         "| simulation | distinct sent | stored | rollup count | requests | duplicates "

@@ -9,7 +9,7 @@ from convergence import selectors, services
 from convergence.curves import LossCurve
 from simsched.broadcast import simulation_group
 from simsched.exceptions import ConflictError, ForbiddenError, NotFoundError
-from simsched.groups import CLOSE_LAYER_FAILED, local_groups
+from simsched.groups import local_groups
 from simsched.socket_auth import (
     CLOSE_CONFLICT,
     CLOSE_FORBIDDEN,
@@ -35,11 +35,8 @@ class ConvergenceConsumer(AsyncJsonWebsocketConsumer):
             return await self.close(code=CLOSE_UNAUTHENTICATED)
         # Join before reading the snapshot, so nothing committed in between is missed
         # (clients drop points they already have, by step).
-        try:
-            await local_groups().add(self.group, self)
-        except Exception as exc:  # noqa: BLE001 - the channel layer is down
-            logger.warning("socket refused, channel layer down: %r", exc)
-            return await self.close(code=CLOSE_LAYER_FAILED)
+        if not await local_groups().add(self.group, self):
+            return
         self.joined = True
         snapshot = await database_sync_to_async(selectors.convergence_snapshot)(
             simulation_id=self.simulation_id

@@ -43,8 +43,12 @@ def send_now(group: str, message: dict) -> None:
     sender = _loop_sender.get()
     if sender is not None and sender.submit(group, message):
         return
+    async_to_sync(_send_logged)(group, message)
+
+
+async def _send_logged(group: str, message: dict) -> None:
     try:
-        async_to_sync(_group_send)(group, message)
+        await _group_send(group, message)
     except Exception as exc:  # noqa: BLE001 - any layer failure must not fail the write
         logger.warning("broadcast to %s failed: %r", group, exc)
 
@@ -90,11 +94,7 @@ class LoopSender:
 
     async def _drain(self) -> None:
         while not self.queue.empty():
-            group, message = self.queue.get_nowait()
-            try:
-                await _group_send(group, message)
-            except Exception as exc:  # noqa: BLE001 - as in send_now
-                logger.warning("broadcast to %s failed: %r", group, exc)
+            await _send_logged(*self.queue.get_nowait())
         if self.dropped:
             logger.warning("channel layer backlog cleared; %d broadcasts dropped", self.dropped)
             self.dropped = 0

@@ -36,21 +36,28 @@ class LocalGroups:
         self.channel: str | None = None
         self.tasks: list[asyncio.Task] = []
 
-    async def add(self, group: str, consumer) -> None:
-        """Deliver the group's messages to `consumer` from now on. Raises if the layer fails."""
-        async with self.lock:
-            if self.channel is None:
-                # The default prefix: channels_redis reads every process-local channel of a
-                # process from one Redis key, whose name it derives from this prefix.
-                self.channel = await self.layer.new_channel()
-                self.tasks = [
-                    asyncio.create_task(self._deliver(self.channel)),
-                    asyncio.create_task(self._rejoin()),
-                ]
-            if group not in self.members:
-                await self.layer.group_add(group, self.channel)
-                self.members[group] = set()
-            self.members[group].add(consumer)
+    async def add(self, group: str, consumer) -> bool:
+        """Deliver the group's messages to `consumer` from now on. If the channel layer fails,
+        close the socket with 1011 instead (its client retries) and return False."""
+        try:
+            async with self.lock:
+                if self.channel is None:
+                    # The default prefix: channels_redis reads every process-local channel of a
+                    # process from one Redis key, whose name it derives from this prefix.
+                    self.channel = await self.layer.new_channel()
+                    self.tasks = [
+                        asyncio.create_task(self._deliver(self.channel)),
+                        asyncio.create_task(self._rejoin()),
+                    ]
+                if group not in self.members:
+                    await self.layer.group_add(group, self.channel)
+                    self.members[group] = set()
+                self.members[group].add(consumer)
+        except Exception as exc:  # noqa: BLE001 - the channel layer is down
+            logger.warning("socket refused, channel layer down: %r", exc)
+            await consumer.close(code=CLOSE_LAYER_FAILED)
+            return False
+        return True
 
     async def discard(self, group: str, consumer) -> None:
         async with self.lock:

@@ -1,12 +1,8 @@
-import logging
-
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from simsched.broadcast import FLEET_GROUP
-from simsched.groups import CLOSE_LAYER_FAILED, local_groups
+from simsched.groups import local_groups
 from simsched.socket_auth import CLOSE_UNAUTHENTICATED, is_signed_in
-
-logger = logging.getLogger(__name__)
 
 
 class FleetConsumer(AsyncJsonWebsocketConsumer):
@@ -17,11 +13,8 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
         await self.accept()
         if not is_signed_in(self.scope):
             return await self.close(code=CLOSE_UNAUTHENTICATED)
-        try:
-            await local_groups().add(FLEET_GROUP, self)
-        except Exception as exc:  # noqa: BLE001 - the channel layer is down
-            logger.warning("socket refused, channel layer down: %r", exc)
-            return await self.close(code=CLOSE_LAYER_FAILED)
+        if not await local_groups().add(FLEET_GROUP, self):
+            return
         self.joined = True
         await self.send_json({"type": "hello"})
 
