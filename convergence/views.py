@@ -36,8 +36,8 @@ from convergence.serializers import (
 )
 from convergence.services import MAX_STEP
 from simsched.exceptions import NotFoundError
-from simsched.permissions import can_write_points
 from simulations.models import Simulation
+from simulations.permissions import ERR_REPORT, can_read_simulation, can_report_for
 from simulations.selectors import WriteAccess, simulation_write_access
 
 SIMULATION_ID = OpenApiParameter("simulation_id", int, OpenApiParameter.PATH)
@@ -87,11 +87,6 @@ async def _async_chunks(chunks: Iterator[bytes]):
         yield chunk
 
 
-def _readable(user, simulation) -> bool:
-    """The policy's read rule: anyone signed in reads any simulation."""
-    return bool(user and user.is_authenticated)
-
-
 class ConvergenceViewSet(viewsets.ViewSet):
     """Convergence points: agents write them, charts and streams read them."""
 
@@ -102,8 +97,8 @@ class ConvergenceViewSet(viewsets.ViewSet):
         simulation = simulation_write_access(simulation_id=simulation_id)
         if simulation is None:
             raise NotFoundError(ERR_SIMULATION_NOT_FOUND.format(simulation_id=simulation_id))
-        if not can_write_points(self.request.user, simulation):
-            raise PermissionDenied("You may not report points for this simulation.")
+        if not can_report_for(self.request.user, simulation):
+            raise PermissionDenied(ERR_REPORT)
         return simulation
 
     def _parse_checked(self, parse, data, simulation_id):
@@ -224,7 +219,7 @@ class ConvergenceViewSet(viewsets.ViewSet):
         for simulation_id in simulation_ids:
             if simulation_id not in found:
                 raise NotFoundError(ERR_SIMULATION_NOT_FOUND.format(simulation_id=simulation_id))
-            if not _readable(request.user, found[simulation_id]):
+            if not can_read_simulation(request.user, found[simulation_id]):
                 raise PermissionDenied(ERR_MAY_NOT_READ.format(simulation_id=simulation_id))
         compare = selectors.convergence_compare(simulation_ids=simulation_ids, **options)
         return Response(CompareSerializer(compare).data)

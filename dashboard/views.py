@@ -4,8 +4,8 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, render
 
 from dashboard import selectors
-from simsched.permissions import can_control_simulation
 from simulations.models import Simulation
+from simulations.permissions import can_change_simulation
 
 # The page offers a simulated run only where one can begin (the server refuses the rest).
 SIMULATED_RUN_STARTS_FROM = (Simulation.Status.PENDING, Simulation.Status.SCHEDULED)
@@ -25,7 +25,7 @@ def simulation_page(request, simulation_id: int):
     )
     context = {
         "simulation": simulation,
-        "can_control": can_control_simulation(request.user, simulation),
+        "can_control": can_change_simulation(request.user, simulation),
         "is_final": simulation.is_final,
         "can_start": simulation.status in SIMULATED_RUN_STARTS_FROM,
         # "initial" is read by the page's script (json_script).

@@ -1,19 +1,19 @@
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
-from rest_framework.permissions import IsAdminUser, IsAuthenticated
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
-from simsched.permissions import (
-    IsAgent,
-    IsAgentOfMachineOrStaff,
-    IsOwnerOrStaffForDelete,
-    IsPersonForWrites,
-    agent_machine_id,
-)
 from simulations import selectors, services
 from simulations.filters import SimulationFilter
 from simulations.models import Simulation
+from simulations.permissions import (
+    AgentOfSimulationMachine,
+    AgentOrStaff,
+    IsAgent,
+    SimulationPermission,
+    agent_machine_id,
+)
 from simulations.serializers import (
     BareSqlCreateSerializer,
     DetailedSimulationSerializer,
@@ -22,7 +22,7 @@ from simulations.serializers import (
     SimulationSerializer,
 )
 
-AGENT_PERMISSIONS = [IsAuthenticated, IsAgentOfMachineOrStaff]
+AGENT_PERMISSIONS = [IsAuthenticated, AgentOfSimulationMachine]
 
 
 class SimulationViewSet(viewsets.ModelViewSet):
@@ -33,7 +33,7 @@ class SimulationViewSet(viewsets.ModelViewSet):
     filterset_class = SimulationFilter
     ordering_fields = ["name", "created_at", "updated_at", "status", "priority", "started_at"]
     ordering = ["-created_at", "-id"]
-    permission_classes = [IsAuthenticated, IsPersonForWrites, IsOwnerOrStaffForDelete]
+    permission_classes = [IsAuthenticated, SimulationPermission]
     lookup_value_regex = r"[0-9]+"
 
     def perform_create(self, serializer):
@@ -83,10 +83,7 @@ class SimulationViewSet(viewsets.ModelViewSet):
     @extend_schema(request=None, responses=SimulationSerializer)
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
-        simulation = self.get_object()
-        if not (request.user.is_staff or simulation.owner_id in (None, request.user.pk)):
-            self.permission_denied(request, "Only the owner or staff may cancel a simulation.")
-        return self._respond(services.simulation_cancel(simulation=simulation))
+        return self._respond(services.simulation_cancel(simulation=self.get_object()))
 
     @extend_schema(request=None, responses=SimulationSerializer, tags=["agent"])
     @action(detail=True, methods=["post"], permission_classes=AGENT_PERMISSIONS)
@@ -94,9 +91,7 @@ class SimulationViewSet(viewsets.ModelViewSet):
         return self._respond(services.simulation_start(simulation=self.get_object()))
 
     @extend_schema(request=None, responses=HeartbeatSerializer, tags=["agent"])
-    @action(
-        detail=True, methods=["post"], permission_classes=[IsAuthenticated, IsAgent | IsAdminUser]
-    )
+    @action(detail=True, methods=["post"], permission_classes=[IsAuthenticated, AgentOrStaff])
     def heartbeat(self, request, pk=None):
         """Any agent may ask; only the agent of the simulation's machine is recorded."""
         simulation = self.get_object()
