@@ -21,7 +21,8 @@ ERR_STATUS_BY_SCHEDULER = "Status '{target}' is set by the scheduler, not by han
 ERR_RUN_FORBIDDEN = "Only the simulation's owner or staff may run it."
 
 REQUIREMENT_FIELDS = ("required_gpus", "required_memory", "required_cpu_cores", "pinned_machine")
-EDITABLE_FIELDS = ("name", "priority", *REQUIREMENT_FIELDS)
+# `owner` is changed by staff in the admin; the API's serializer never passes it.
+EDITABLE_FIELDS = ("name", "priority", "owner", *REQUIREMENT_FIELDS)
 
 
 def _check_pinned_fits(simulation: Simulation) -> None:
