@@ -54,5 +54,6 @@ class UtilisationSerializer(serializers.Serializer):
     maintenance = serializers.IntegerField()
     utilisation = serializers.FloatField(help_text="Busy share of machines not in maintenance.")
     gpu_utilisation = serializers.FloatField()
-    busy_hourly_cost = serializers.DecimalField(max_digits=12, decimal_places=2)
-    idle_hourly_cost = serializers.DecimalField(max_digits=12, decimal_places=2)
+    # Sums over the fleet: no digit cap (a cap turned a large fleet's total into a 500).
+    busy_hourly_cost = serializers.DecimalField(max_digits=None, decimal_places=2)
+    idle_hourly_cost = serializers.DecimalField(max_digits=None, decimal_places=2)

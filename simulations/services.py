@@ -5,6 +5,7 @@ from django.utils import timezone
 
 from machines.events import machine_changed
 from machines.models import Machine
+from simsched.db import is_storable_id
 from simsched.exceptions import ConflictError, ForbiddenError, NotFoundError
 from simulations import events
 from simulations.models import Simulation
@@ -64,6 +65,8 @@ def simulation_create_bare_sql(*, machine_id: int, name: str, owner=None) -> int
 
     Returns the new simulation's id.
     """
+    if not is_storable_id(machine_id):
+        raise NotFoundError(ERR_MACHINE_NOT_FOUND.format(machine_id=machine_id))
     now = timezone.now()
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("""SELECT id FROM machines WHERE id = %s""", [machine_id])
