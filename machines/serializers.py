@@ -5,6 +5,12 @@ from machines.models import Machine
 
 class MachineSerializer(serializers.ModelSerializer):
     current_simulation = serializers.SerializerMethodField()
+    status = serializers.ChoiceField(
+        choices=Machine.Status.choices,
+        required=False,
+        help_text="available or maintenance, as PATCH /machines/{id}/status (busy is the "
+        "scheduler's).",
+    )
 
     class Meta:
         model = Machine
@@ -22,7 +28,7 @@ class MachineSerializer(serializers.ModelSerializer):
             "created_at",
             "updated_at",
         ]
-        read_only_fields = ["status", "created_at", "updated_at"]
+        read_only_fields = ["created_at", "updated_at"]
         extra_kwargs = {
             "memory": {"min_value": 1, "max_value": 1_000_000},
             "cpu_cores": {"min_value": 1, "max_value": 100_000},

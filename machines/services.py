@@ -46,6 +46,11 @@ def machine_create(**fields) -> Machine:
 
 @transaction.atomic
 def machine_update(*, machine: Machine, data: dict) -> Machine:
+    """Edits; a `status` in `data` goes through machine_set_status, as /status does."""
+    data = dict(data)
+    status = data.pop("status", None)
+    if status == Machine.Status.BUSY:
+        raise ApplicationError(ERR_BUSY_BY_HAND, fields={"status": [ERR_BUSY_BY_HAND]})
     machine = Machine.objects.select_for_update().get(pk=machine.pk)
     for field, value in data.items():
         setattr(machine, field, value)
@@ -54,6 +59,8 @@ def machine_update(*, machine: Machine, data: dict) -> Machine:
     _save_unique(machine)
     machine_changed(machine)
     request_assignment()  # more capacity may fit waiting work
+    if status is not None:
+        machine = machine_set_status(machine=machine, status=status)
     return machine
 
 
