@@ -114,3 +114,21 @@ def api_exception_handler(exc, context):
 class ForbiddenError(ApplicationError):
     status_code = status.HTTP_403_FORBIDDEN
     default_code = "permission_denied"
+
+
+class JsonNotFoundMiddleware:
+    """Every 404 that is not already an API answer is the one JSON error shape, also with
+    DEBUG on (Django then answers an unknown path with its HTML debug page, not handler404)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if response.status_code != 404 or isinstance(response, Response):
+            return response
+        if response.get("Content-Type", "").startswith("application/json"):
+            return response
+        from simsched.views import not_found
+
+        return not_found(request)
