@@ -73,3 +73,28 @@ def can_write_points(user, simulation) -> bool:
 def can_control_simulation(user, simulation) -> bool:
     """Starting a simulated run from the dashboard: the owner or staff."""
     return bool(user.is_staff or simulation.owner_id in (None, user.pk)) and not is_agent(user)
+
+
+def can_see_env(user, simulation) -> bool:
+    """A simulation's env is secret: its owner, staff, and the agent that must launch it."""
+    if not user or not user.is_authenticated:
+        return False
+    machine_id = agent_machine_id(user)
+    if machine_id is not None:
+        return simulation.machine_id is not None and machine_id == simulation.machine_id
+    return bool(
+        user.is_staff or (simulation.owner_id is not None and simulation.owner_id == user.pk)
+    )
+
+
+class CanReadOrShipLogs(BasePermission):
+    """Logs: people signed in read them, an agent only its own machine's; only the agent of
+    the simulation's machine ships them."""
+
+    message = "Only the agent of the simulation's machine may do this."
+
+    def has_object_permission(self, request, view, obj):
+        machine_id = agent_machine_id(request.user)
+        if request.method in SAFE_METHODS:
+            return machine_id is None or machine_id == obj.machine_id
+        return machine_id is not None and machine_id == obj.machine_id

@@ -13,13 +13,18 @@ from simulations.selectors import fits, simulation_wait_reasons
 
 ERR_TRANSITION = "A {current} simulation cannot become {target}."
 ERR_NOT_PENDING = "Requirements and pinning can only change while the simulation is pending."
+ERR_LAUNCH_NOT_PENDING = (
+    "command, env and working_dir can only change while the simulation is pending."
+)
 ERR_PINNED_TOO_SMALL = "The pinned machine does not satisfy the simulation's requirements."
 ERR_DELETE_ACTIVE = "The simulation holds a machine; cancel it before deleting it."
 ERR_MACHINE_NOT_FOUND = "Machine {machine_id} does not exist."
 ERR_STATUS_BY_SCHEDULER = "Status '{target}' is set by the scheduler, not by hand."
 
 REQUIREMENT_FIELDS = ("required_gpus", "required_memory", "required_cpu_cores", "pinned_machine")
-EDITABLE_FIELDS = ("name", "priority", *REQUIREMENT_FIELDS)
+# What the agent launches: fixed once the simulation leaves the queue, like the requirements.
+LAUNCH_FIELDS = ("command", "env", "working_dir")
+EDITABLE_FIELDS = ("name", "priority", *REQUIREMENT_FIELDS, *LAUNCH_FIELDS)
 
 
 def _check_pinned_fits(simulation: Simulation) -> None:
@@ -38,6 +43,9 @@ def simulation_create(
     required_memory: int = 1,
     required_cpu_cores: int = 0,
     pinned_machine: Machine | None = None,
+    command: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    working_dir: str = "",
 ) -> Simulation:
     simulation = Simulation(
         name=name,
@@ -47,6 +55,9 @@ def simulation_create(
         required_memory=required_memory,
         required_cpu_cores=required_cpu_cores,
         pinned_machine=pinned_machine,
+        command=command or [],
+        env=env or {},
+        working_dir=working_dir,
     )
     simulation.full_clean()
     _check_pinned_fits(simulation)
@@ -97,6 +108,11 @@ def simulation_update(*, simulation: Simulation, data: dict) -> Simulation:
     )
     if requirement_change and simulation.status != Simulation.Status.PENDING:
         raise ConflictError(ERR_NOT_PENDING, details={"current_status": simulation.status})
+    launch_change = any(
+        getattr(simulation, field) != changes[field] for field in LAUNCH_FIELDS if field in changes
+    )
+    if launch_change and simulation.status != Simulation.Status.PENDING:
+        raise ConflictError(ERR_LAUNCH_NOT_PENDING, details={"current_status": simulation.status})
     for field, value in changes.items():
         setattr(simulation, field, value)
     simulation.full_clean()
