@@ -35,12 +35,10 @@ class Api:
         self.timeout = timeout
         self._connection: http.client.HTTPConnection | None = None
 
-    def request(self, method: str, path: str, body=None, *, timeout: float | None = None):
-        """(status, parsed JSON body or None). Raises Unreachable when no answer came.
-
-        Bodies may carry NaN and Infinity (as the JSON tokens Python writes): the server
-        decides what a non-finite value means."""
-        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+    def request(self, method: str, path: str, body=None, *, raw: bytes | None = None, timeout=None):
+        """(status, parsed JSON body or None) for a JSON `body` (or `raw` JSON bytes).
+        Raises Unreachable when no answer came."""
+        data = raw if body is None else json.dumps(body, separators=(",", ":")).encode()
         for attempt in (1, 2):
             connection = self._open(timeout)
             try:
