@@ -3,7 +3,6 @@ from rest_framework import serializers
 from convergence.selectors import simulation_point_stats
 from machines.models import Machine
 from machines.serializers import MachineSerializer
-from simsched.permissions import can_see_env
 from simulations.logs import (
     LOGS_PAGE_DEFAULT,
     LOGS_PAGE_MAX,
@@ -22,6 +21,7 @@ from simulations.models import (
     LogLine,
     Simulation,
 )
+from simulations.permissions import can_see_env
 from simulations.selectors import simulation_wait_reasons
 
 
