@@ -78,7 +78,11 @@ class Run:
     def log(self, step: int, values=None, /, **metrics) -> None:
         """Queue `metrics` (and/or the `values` mapping) at `step`; returns at once."""
         if values is not None:
-            metrics = {**values, **metrics} if metrics else dict(values)
+            try:
+                metrics = {**values, **metrics} if metrics else dict(values)
+            except (TypeError, ValueError):  # not a mapping: counted, never raised
+                self._dropped += 1
+                return
         queue = self._queue
         if len(queue) >= self._max_queued or self._finished:
             self._dropped += 1

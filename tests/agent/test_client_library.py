@@ -55,6 +55,7 @@ def test_non_finite_and_invalid_values_are_counted_and_cost_the_others_nothing(
             run.log(step, loss=loss)
         run.log(-1, loss=0.5)         # not a step
         run.log(101, loss="not a number")
+        run.log(102, ["not", "a", "mapping"])
         print(json.dumps({"delivered": run.finish(timeout=30), **run.stats}))
         """,
     )
@@ -69,6 +70,7 @@ def test_non_finite_and_invalid_values_are_counted_and_cost_the_others_nothing(
     assert result.returncode == 0, result.stderr
     stats = _last_json(result.stdout)
     assert stats["delivered"] and stats["stored"] == 98 and stats["rejected"] == 4
+    assert stats["dropped"] == 1  # the list, which is no mapping
     assert sorted(_stored(simulation)) == [s for s in range(100) if s not in (50, 60)]
 
 
