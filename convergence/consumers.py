@@ -72,6 +72,18 @@ class ConvergenceConsumer(AsyncJsonWebsocketConsumer):
             }
         )
 
+    async def simulation_logs(self, event):
+        """New stdout/stderr lines; `truncated` ones are fetched from /simulations/{id}/logs."""
+        await self.send_json(
+            {
+                "type": "logs",
+                "simulation_id": event["simulation_id"],
+                "last_seq": event["last_seq"],
+                "truncated": event["truncated"],
+                "lines": event["lines"],
+            }
+        )
+
 
 class SimulatedRunConsumer(AsyncJsonWebsocketConsumer):
     """WS /ws/convergence/{id}/run: while open, the server runs the simulation itself.

@@ -27,6 +27,15 @@ def fits(machine: Machine, simulation: Simulation) -> bool:
     )
 
 
+def machine_active_simulation(*, machine_id: int) -> Simulation | None:
+    """The simulation scheduled on or running on the machine, if any (at most one)."""
+    return (
+        Simulation.objects.select_related("machine", "owner")
+        .filter(machine_id=machine_id, status__in=Simulation.ACTIVE)
+        .first()
+    )
+
+
 def queue_ahead(simulation: Simulation) -> int:
     """Pending simulations the scheduler considers before this one."""
     p, c = simulation.priority, simulation.created_at
