@@ -1,6 +1,6 @@
-"""The HTTP side of the ASGI application: Django's handler, minus two per-request costs.
+"""The HTTP side of the ASGI application: Django's handler, minus three per-request costs.
 
-Every view here is synchronous (the ORM is), and under ASGI Django pays for that twice:
+Every view here is synchronous (the ORM is), and under ASGI Django pays for that three times:
 
 - It runs the middleware chain in async mode. Django's own middleware are `MiddlewareMixin`
   classes whose async mode hands each `process_request` and `process_response` to a thread and
@@ -12,27 +12,67 @@ Every view here is synchronous (the ORM is), and under ASGI Django pays for that
   database connection. `ReusedRequestThreads` hands each request an executor from a free list
   instead (asgiref's `ThreadSensitiveContext(executor=...)`), so each request still has a
   thread of its own, and threads and their connections are reused.
+- Around the view it hops to a thread twice more (the `request_started` receivers, and
+  `response.close()` with the `request_finished` ones) and starts two tasks to watch for a
+  disconnect that a synchronous view cannot act on. `SyncChainASGIHandler.handle` does the whole
+  request, signals, view and response body, in one hop, and sends the response from the loop.
 
 Together they take single-point ingestion from about 150 to over 400 requests/s on one daphne
-process (bench/ingest.py). WebSocket connections are not touched.
+process (bench/ingest.py); the last one, on uvicorn, the empty DRF 200 from ~1,100 to ~1,500
+requests/s (bench/hot_path.py). WebSocket connections are not touched.
 """
 
 from concurrent.futures import ThreadPoolExecutor
 
 import django
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
-from django.core.handlers.asgi import ASGIHandler
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.db import connections
+from django.http import FileResponse
+from django.urls import set_script_prefix
 
 IDLE_EXECUTORS_KEPT = 32
 
 
 class SyncChainASGIHandler(ASGIHandler):
-    """Django's ASGI handler with the middleware chain and views run synchronously."""
+    """Django's ASGI handler with each request served synchronously, in one thread hop."""
 
     def load_middleware(self, is_async=False):
         super().load_middleware(is_async=False)
-        self._middleware_chain = sync_to_async(self._middleware_chain, thread_sensitive=True)
+
+    async def handle(self, scope, receive, send):
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        try:
+            response = await sync_to_async(self._respond, thread_sensitive=True)(scope, body_file)
+            try:
+                await self.send_response(response, send)
+            finally:
+                if response.streaming:
+                    await sync_to_async(response.close, thread_sensitive=True)()
+        finally:
+            body_file.close()
+
+    def _respond(self, scope, body_file):
+        """In the request's thread: what Django does around the view, synchronously. A
+        non-streaming response is closed here (its body is already bytes), which sends
+        `request_finished` and hands the database connection back to the pool."""
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        request, response = self.create_request(scope, body_file)
+        if request is not None:
+            response = self.get_response(request)
+            response._handler_class = self.__class__
+            if isinstance(response, FileResponse):
+                response.block_size = self.chunk_size
+        if not response.streaming:
+            response.content  # noqa: B018 - rendered here, in the thread
+            response.close()
+        return response
 
 
 class ReusedRequestThreads:
