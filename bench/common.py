@@ -147,6 +147,11 @@ class Server:
         """Start a new high-water mark (writing 5 to clear_refs resets VmHWM to the RSS)."""
         Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server and its worker processes so far: per request, a
+        figure that load from other people on the machine moves much less than wall time."""
+        return sum(_cpu_seconds(pid) for pid in [self.proc.pid, *_children(self.proc.pid)])
+
     def rss_mib(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -168,6 +173,30 @@ class Server:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = _stat(pid)
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int(_stat(int(entry.name))[1]) == pid:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 class Client:

@@ -94,8 +94,10 @@ def bodies_for(kind: str, simulation_id: int, steps: range | int) -> list[bytes]
     ]
 
 
-def run_clients(port: int, token: str, path: str, bodies: list[list[bytes]]) -> tuple:
-    """One thread per client, each over its own keep-alive connection; (req/s, latencies)."""
+def run_clients(server, token: str, path: str, bodies: list[list[bytes]]) -> tuple:
+    """One thread per client, each over its own keep-alive connection; (req/s, latencies,
+    server CPU seconds per request)."""
+    port = server.port
     results: list[list[float]] = [[] for _ in bodies]
     errors: list[BaseException] = []
     barrier = threading.Barrier(len(bodies) + 1)
@@ -123,14 +125,16 @@ def run_clients(port: int, token: str, path: str, bodies: list[list[bytes]]) -> 
         barrier.wait()
     except threading.BrokenBarrierError:
         pass
+    cpu = server.cpu_seconds()
     started = time.perf_counter()
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - started
+    cpu = server.cpu_seconds() - cpu
     if errors:
         raise errors[0]
     latencies = [x for r in results for x in r]
-    return len(latencies) / elapsed, latencies
+    return len(latencies) / elapsed, latencies, cpu / len(latencies)
 
 
 def main() -> int:
@@ -157,6 +161,7 @@ def main() -> int:
     # (target, kind, clients) -> [per-round req/s], [latencies]
     rates: dict[tuple, list[float]] = {}
     latencies: dict[tuple, list[float]] = {}
+    cpus: dict[tuple, list[float]] = {}
     servers = {}
     chosen = targets(args.servers.split(","))
     cwd = {name: common.ROOT for name in chosen}
@@ -176,7 +181,6 @@ def main() -> int:
             for name in order:
                 _, _, floors, is_peer = chosen[name]
                 table = "peer" if is_peer else "simsched"
-                port = servers[name].port
                 runs = []
                 for clients in (1, CLIENTS):
                     per_client = PER_ROUND if clients == 1 else math.ceil(PER_ROUND / clients)
@@ -202,8 +206,9 @@ def main() -> int:
                 for path in floors:
                     runs.append((f"floor {path}", 1, path, [bodies_for("floor", 0, PER_ROUND)]))
                 for kind, clients, path, bodies in runs:
-                    rate, lat = run_clients(port, token, path, bodies)
+                    rate, lat, cpu = run_clients(servers[name], token, path, bodies)
                     rates.setdefault((name, kind, clients), []).append(rate)
+                    cpus.setdefault((name, kind, clients), []).append(cpu)
                     latencies.setdefault((name, kind, clients), []).extend(lat)
             print(
                 f"round {round_index + 1}: "
@@ -218,7 +223,7 @@ def main() -> int:
             server.stop()
         common.drop_database()
 
-    lines = report(rates, latencies, list(chosen), args.rounds)
+    lines = report(rates, latencies, cpus, list(chosen), args.rounds)
     print("\n".join(lines))
     if not args.no_results:
         common.write_section(
@@ -234,10 +239,11 @@ def _ms(values: list[float], q: float) -> float:
     return common.percentile(values, q) * 1000
 
 
-def report(rates, latencies, names, rounds) -> list[str]:
+def report(rates, latencies, cpus, names, rounds) -> list[str]:
     lines = [
-        "| server | body | clients | req/s (median of rounds; range) | p50 | p99 | vs peer |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| server | body | clients | req/s (median of rounds; range) | p50 | p99 | server CPU "
+        "per request | vs peer (req/s) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for kind in ("no step", "with step"):
         for clients in (1, CLIENTS):
@@ -250,7 +256,7 @@ def report(rates, latencies, names, rounds) -> list[str]:
                 lines.append(
                     f"| {name} | {kind} | {clients} | **{statistics.median(r):.0f}** "
                     f"({min(r):.0f}–{max(r):.0f}) | {_ms(lat, 50):.2f} ms | "
-                    f"{_ms(lat, 99):.2f} ms | "
+                    f"{_ms(lat, 99):.2f} ms | {statistics.median(cpus[key]) * 1000:.2f} ms | "
                     + ("" if name == "peer" else f"**{ratio:.2f}×** ({min(per_round):.2f}–"
                        f"{max(per_round):.2f})")
                     + " |"
@@ -260,8 +266,9 @@ def report(rates, latencies, names, rounds) -> list[str]:
         "The framework floor (an empty 200 on the same server, 1 client) and the endpoint's "
         "share of it:",
         "",
-        "| server | empty 200 | req/s | p50 | endpoint no step / floor | with step / floor |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| server | empty 200 | req/s | p50 | server CPU per request | endpoint no step / floor "
+        "| with step / floor |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in names:
         floors = sorted({k[1] for k in rates if k[0] == name and k[1].startswith("floor")})
@@ -271,7 +278,9 @@ def report(rates, latencies, names, rounds) -> list[str]:
             with_step = statistics.median(rates[(name, "with step", 1)])
             lines.append(
                 f"| {name} | `{kind.split(' ', 1)[1]}` | {floor:.0f} | "
-                f"{_ms(latencies[(name, kind, 1)], 50):.2f} ms | {no_step / floor:.2f} | "
+                f"{_ms(latencies[(name, kind, 1)], 50):.2f} ms | "
+                f"{statistics.median(cpus[(name, kind, 1)]) * 1000:.2f} ms | "
+                f"{no_step / floor:.2f} | "
                 f"{with_step / floor:.2f} |"
             )
     lines += [

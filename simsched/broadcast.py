@@ -6,7 +6,7 @@ clients backfill from the stream endpoint when they reconnect.
 Inside the server (`DeferredBroadcasts` wraps the ASGI application) a request hands its
 broadcasts to the event loop, which sends them in order while the response goes out: the request
 does not wait for the channel layer. Elsewhere (management commands, tests) `broadcast` sends
-before the commit returns.
+before the commit returns. A group nobody watches costs one Redis round trip, not a send.
 """
 
 import asyncio
@@ -19,6 +19,8 @@ from contextvars import Context, ContextVar
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
+
+from simsched.groups import group_has_members
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +57,9 @@ async def _send_logged(group: str, message: dict) -> None:
 
 async def _group_send(group: str, message: dict) -> None:
     layer = get_channel_layer()
-    await asyncio.wait_for(layer.group_send(group, message), SEND_TIMEOUT_SECONDS)
+    async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
+        if await group_has_members(layer, group):
+            await layer.group_send(group, message)
 
 
 class LoopSender:
