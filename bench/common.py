@@ -188,6 +188,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _children(pid: int) -> list[int]:
+    """Every descendant of `pid`."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -196,7 +197,7 @@ def _children(pid: int) -> list[int]:
                     found.append(int(entry.name))
             except OSError:
                 continue
-    return found
+    return found + [grandchild for child in found for grandchild in _children(child)]
 
 
 class Client:
