@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "machines",
     "simulations",
     "convergence",
+    "dashboard",
 ]
 
 MIDDLEWARE = [
