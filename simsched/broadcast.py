@@ -21,6 +21,7 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 
 from simsched.groups import group_has_members
+from simsched.observability.metrics import BROADCAST_FAILURES, BROADCASTS_DROPPED
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ async def _send_logged(group: str, message: dict) -> None:
     try:
         await _group_send(group, message)
     except Exception as exc:  # noqa: BLE001 - any layer failure must not fail the write
+        BROADCAST_FAILURES.inc()
         logger.warning("broadcast to %s failed: %r", group, exc)
 
 
@@ -87,6 +89,7 @@ class LoopSender:
             if self.dropped == 0:
                 logger.warning("channel layer backlog full, dropping broadcasts")
             self.dropped += 1
+            BROADCASTS_DROPPED.inc()
             return
         if self.task is None or self.task.done():
             self.task = self.loop.create_task(self._drain())
