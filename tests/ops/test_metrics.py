@@ -2,6 +2,7 @@
 queue and the fleet read at scrape time and the write counters moving after a write."""
 
 import pytest
+from django.db import connection
 from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
 
@@ -126,3 +127,30 @@ def test_metric_labels_never_carry_ids(user):
             for key, value in labels:
                 assert str(simulation.pk) != value or key == "le", (name, labels)
                 assert key in {"status", "reason", "state", "endpoint", "le", "kind"}, name
+
+
+def test_every_series_the_grafana_dashboard_plots_is_exposed(user):
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads(
+        (Path(__file__).resolve().parents[2] / "deploy" / "grafana-dashboard.json").read_text()
+    )
+    plotted = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"simsched_[a-z_]+", target["expr"])
+    }
+    simulation = make_simulation(owner=user)
+    token_client(user).post(
+        "/convergence/data", {"simulation_id": simulation.pk, "loss_value": 0.5}, format="json"
+    )
+    exposed = {name for name, _ in scrape()}
+    if "stopped_by" not in {f.name for f in Simulation._meta.get_fields()}:
+        plotted.discard("simsched_simulations_stopped_by_guard")  # exposed once guards land
+    pool = {name for name in plotted if name.startswith("simsched_db_pool_")}
+    if connection.vendor != "postgresql":
+        plotted -= pool  # a PostgreSQL connection pool
+    assert plotted <= exposed, plotted - exposed
