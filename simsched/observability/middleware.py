@@ -3,6 +3,8 @@ write requests their duration and the points they stored, by endpoint (the route
 
 import time
 
+from django.conf import settings
+
 from simsched.observability import logs
 from simsched.observability.metrics import POINTS_INGESTED, WRITE_DURATION, record_pool_use
 
@@ -33,10 +35,12 @@ class ObservabilityMiddleware:
         match = request.resolver_match
         if match.url_name in SINGLE_POINT_ENDPOINTS and request.method == "POST":
             try:
-                if int(request.META.get("CONTENT_LENGTH") or 0) <= SMALL_BODY_BYTES:
-                    request.body  # noqa: B018 - kept for the log lines; DRF reads it from there
+                length = int(request.META.get("CONTENT_LENGTH") or 0)
             except ValueError:
-                pass
+                return None
+            # Never past the upload limit: reading it here would turn DRF's 413 into a 400.
+            if length <= min(SMALL_BODY_BYTES, settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 0):
+                request.body  # noqa: B018 - kept for the log lines; DRF reads it from there
         return None
 
     def _count_write(self, request, response, seconds: float) -> None:
