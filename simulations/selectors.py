@@ -1,5 +1,6 @@
 """Reads of simulations that are more than a filter."""
 
+from collections import Counter
 from datetime import UTC
 from decimal import Decimal
 from typing import NamedTuple
@@ -64,7 +65,7 @@ def _no_fit_reason(simulation: Simulation, fleet: list[Machine]) -> dict:
     return {"code": "no_machine_fits", "message": message, "missing": missing}
 
 
-def _wait_reason(simulation: Simulation, fleet: list[Machine]) -> dict:
+def _wait_reason(simulation: Simulation, fleet: list[Machine], *, queue: bool = True) -> dict:
     if simulation.pinned_machine_id is not None:
         pinned = next((m for m in fleet if m.pk == simulation.pinned_machine_id), None)
         if pinned.status == Machine.Status.MAINTENANCE:
@@ -90,6 +91,8 @@ def _wait_reason(simulation: Simulation, fleet: list[Machine]) -> dict:
         }
     if any(m.status == Machine.Status.AVAILABLE for m in in_service):
         return {"code": "assigning", "message": "A fitting machine is free; it is being assigned."}
+    if not queue:
+        return {"code": "fitting_machines_busy"}
     ahead = queue_ahead(simulation)
     return {
         "code": "fitting_machines_busy",
@@ -111,6 +114,20 @@ def simulation_wait_reasons(simulations) -> dict[int, dict]:
         return {}
     fleet = list(Machine.objects.only("id", "name", "status", "gpu_count", "memory", "cpu_cores"))
     return {s.pk: _wait_reason(s, fleet) for s in pending}
+
+
+def pending_wait_reason_codes() -> Counter:
+    """How many pending simulations wait for each reason code (without their queue positions,
+    which cost a query each): for the metrics scrape."""
+    pending = list(
+        Simulation.objects.filter(status=Simulation.Status.PENDING).only(
+            "id", "pinned_machine_id", "required_gpus", "required_memory", "required_cpu_cores"
+        )
+    )
+    if not pending:
+        return Counter()
+    fleet = list(Machine.objects.only("id", "name", "status", "gpu_count", "memory", "cpu_cores"))
+    return Counter(_wait_reason(s, fleet, queue=False)["code"] for s in pending)
 
 
 class WriteAccess(NamedTuple):
