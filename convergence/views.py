@@ -1,8 +1,6 @@
 from base64 import b64decode
-from collections.abc import Iterator
 from urllib.parse import parse_qs
 
-from asgiref.sync import sync_to_async
 from django.db.models import CharField, Value
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -93,14 +91,6 @@ class CSVRenderer(BaseRenderer):
 
     def render(self, data, accepted_media_type=None, renderer_context=None):
         return data if isinstance(data, bytes) else str(data).encode()
-
-
-async def _async_chunks(chunks: Iterator[bytes]):
-    """Pull a synchronous iterator from the request's thread, one chunk at a time: Django's
-    ASGI handler would collect a synchronous one into a list before sending a byte."""
-    pull = sync_to_async(next, thread_sensitive=True)
-    while (chunk := await pull(chunks, None)) is not None:
-        yield chunk
 
 
 class ConvergenceViewSet(viewsets.ViewSet):
@@ -283,7 +273,7 @@ class ConvergenceViewSet(viewsets.ViewSet):
         metric = query.validated_data["metric"]
         if request.accepted_renderer.format == "csv":
             chunks = selectors.points_csv(simulation_id=int(simulation_id), metric=metric)
-            response = StreamingHttpResponse(_async_chunks(chunks), content_type="text/csv")
+            response = StreamingHttpResponse(chunks, content_type="text/csv")
             response["Content-Disposition"] = (
                 f'attachment; filename="simulation-{simulation_id}.csv"'
             )
