@@ -19,4 +19,5 @@ USER simsched
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --retries=5 \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2)"
-CMD ["sh", "-c", "python manage.py migrate --noinput && exec daphne -b 0.0.0.0 -p 8000 simsched.asgi:application"]
+ENV HOST=0.0.0.0 PORT=8000 WEB_CONCURRENCY=2
+CMD ["sh", "-c", "python manage.py migrate --noinput && exec bin/serve-http"]

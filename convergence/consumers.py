@@ -13,6 +13,7 @@ from simsched.groups import local_groups
 from simsched.socket_auth import (
     CLOSE_CONFLICT,
     CLOSE_FORBIDDEN,
+    CLOSE_GONE,
     CLOSE_NOT_FOUND,
     CLOSE_UNAUTHENTICATED,
     scope_user,
@@ -54,6 +55,11 @@ class ConvergenceConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(
             {"type": "points", "simulation_id": event["simulation_id"], "points": event["points"]}
         )
+
+    async def simulation_deleted(self, event):
+        """The simulation was deleted: say so, then close with 4410 (gone)."""
+        await self.send_json({"type": "deleted", "simulation_id": event["id"]})
+        await self.close(code=CLOSE_GONE)
 
     async def simulation_status(self, event):
         simulation = event["simulation"]

@@ -52,10 +52,12 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "simsched.observability.middleware.ObservabilityMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "simsched.exceptions.JsonNotFoundMiddleware",  # outside CommonMiddleware: after APPEND_SLASH
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -229,7 +231,8 @@ USE_TZ = True
 if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
-    SECURE_REDIRECT_EXEMPT = [r"^health/?$"]  # load balancers and healthchecks probe over HTTP
+    # Load balancers, healthchecks and Prometheus probe over HTTP.
+    SECURE_REDIRECT_EXEMPT = [r"^health/?$", r"^metrics/?$"]
     SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", 60 * 60 * 24 * 30))
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
@@ -237,13 +240,24 @@ if not DEBUG:
     CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", True)
     SECURE_REFERRER_POLICY = "same-origin"
 
+# --- Metrics ------------------------------------------------------------------------------------
+
+# GET /metrics needs `Authorization: Bearer <METRICS_TOKEN>`; unset, it answers loopback only.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+
 # --- Logging ------------------------------------------------------------------------------------
 
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "plain")  # "json": one JSON object per line
+if LOG_FORMAT not in {"plain", "json"}:
+    raise ImproperlyConfigured("LOG_FORMAT must be plain or json.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "simsched.observability.logs.JSONFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}},
 }

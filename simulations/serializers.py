@@ -3,6 +3,7 @@ from rest_framework import serializers
 from convergence.selectors import simulation_point_stats
 from machines.models import Machine
 from machines.serializers import MachineSerializer
+from simsched.db import is_storable_id
 from simulations.logs import (
     LOGS_PAGE_DEFAULT,
     LOGS_PAGE_MAX,
@@ -56,6 +57,21 @@ class SimulationListSerializer(serializers.ListSerializer):
         return super().to_representation(items)
 
 
+class MachineReferenceField(serializers.PrimaryKeyRelatedField):
+    """A machine's id: an integer (or its digits, from HTML forms), never a float, a boolean or
+    a number no primary key can be (DRF's field would look up pk=1.5 as machine 1, and pass
+    1e400 to the database)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, str) and data.isascii() and data.isdigit() and len(data) <= 20:
+            data = int(data)
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("incorrect_type", data_type=type(data).__name__)
+        if not is_storable_id(data):
+            self.fail("does_not_exist", pk_value=data)
+        return super().to_internal_value(data)
+
+
 class SimulationSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(
         source="owner.username", read_only=True, default=None, allow_null=True
@@ -63,13 +79,13 @@ class SimulationSerializer(serializers.ModelSerializer):
     machine_name = serializers.CharField(
         source="machine.name", read_only=True, default=None, allow_null=True
     )
-    pinned_machine = serializers.PrimaryKeyRelatedField(
+    pinned_machine = MachineReferenceField(
         queryset=Machine.objects.all(),
         required=False,
         allow_null=True,
         help_text="Run only on this machine.",
     )
-    machine_id = serializers.PrimaryKeyRelatedField(
+    machine_id = MachineReferenceField(
         queryset=Machine.objects.all(),
         required=False,
         allow_null=True,
@@ -106,7 +122,8 @@ class SimulationSerializer(serializers.ModelSerializer):
         allow_blank=True, trim_whitespace=False, max_length=1000, required=False
     )
     running_seconds = serializers.FloatField(read_only=True, allow_null=True)
-    cost = serializers.DecimalField(max_digits=14, decimal_places=4, read_only=True)
+    # Derived, so no digit cap: a long run on a costly machine must not make the list a 500.
+    cost = serializers.DecimalField(max_digits=None, decimal_places=4, read_only=True)
     wait_reason = serializers.SerializerMethodField()
     progress = serializers.SerializerMethodField()
 

@@ -5,6 +5,7 @@ from django.utils import timezone
 
 from machines.events import machine_changed
 from machines.models import Machine
+from simsched.db import is_storable_id
 from simsched.exceptions import ConflictError, ForbiddenError, NotFoundError
 from simulations import events
 from simulations.models import Simulation
@@ -26,7 +27,8 @@ ERR_RUN_FORBIDDEN = "Only the simulation's owner or staff may run it."
 REQUIREMENT_FIELDS = ("required_gpus", "required_memory", "required_cpu_cores", "pinned_machine")
 # What the agent launches: fixed once the simulation leaves the queue, like the requirements.
 LAUNCH_FIELDS = ("command", "env", "working_dir")
-EDITABLE_FIELDS = ("name", "priority", *REQUIREMENT_FIELDS, *LAUNCH_FIELDS)
+# `owner` is changed by staff in the admin; the API's serializer never passes it.
+EDITABLE_FIELDS = ("name", "priority", "owner", *REQUIREMENT_FIELDS, *LAUNCH_FIELDS)
 
 
 def _check_pinned_fits(simulation: Simulation) -> None:
@@ -74,6 +76,8 @@ def simulation_create_bare_sql(*, machine_id: int, name: str, owner=None) -> int
 
     Returns the new simulation's id.
     """
+    if not is_storable_id(machine_id):
+        raise NotFoundError(ERR_MACHINE_NOT_FOUND.format(machine_id=machine_id))
     now = timezone.now()
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("""SELECT id FROM machines WHERE id = %s""", [machine_id])
