@@ -9,6 +9,8 @@ COPY pyproject.toml README.md ./
 RUN pip install --no-cache-dir .
 
 COPY . .
+# The machine agent, which `manage.py agents` (the compose file's demo agents) runs.
+RUN pip install --no-cache-dir ./agent
 RUN DEBUG=0 SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput -v0 \
     && useradd --create-home --uid 1000 simsched \
     && chown -R simsched /app

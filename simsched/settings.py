@@ -57,6 +57,7 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "simsched.exceptions.JsonNotFoundMiddleware",  # outside CommonMiddleware: after APPEND_SLASH
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -206,6 +207,8 @@ SIMSCHED_HEARTBEAT_TIMEOUT = int(os.environ.get("SIMSCHED_HEARTBEAT_TIMEOUT", 60
 SIMSCHED_MAX_RETRIES = int(os.environ.get("SIMSCHED_MAX_RETRIES", 2))
 SIMSCHED_SCHEDULER_INTERVAL = float(os.environ.get("SIMSCHED_SCHEDULER_INTERVAL", 5))
 SIMSCHED_SIMULATED_RATE = float(os.environ.get("SIMSCHED_SIMULATED_RATE", 20))
+# Lines of stdout/stderr kept per simulation (the oldest go first).
+SIMSCHED_LOG_LINES = int(os.environ.get("SIMSCHED_LOG_LINES", 10_000))
 # How long a server process trusts a token it has checked (0: check every request).
 SIMSCHED_TOKEN_CACHE_SECONDS = float(os.environ.get("SIMSCHED_TOKEN_CACHE_SECONDS", 5))
 

@@ -2,14 +2,16 @@ from django.contrib import admin, messages
 from django.urls import reverse
 from django.utils.html import format_html
 
+from simsched.admin import ServiceModelAdmin
 from simsched.exceptions import ConflictError
 from simulations import services
 from simulations.models import Simulation
+from simulations.permissions import can_change_simulation, can_create_simulation
 from simulations.selectors import simulation_wait_reasons
 
 
 @admin.register(Simulation)
-class SimulationAdmin(admin.ModelAdmin):
+class SimulationAdmin(ServiceModelAdmin):
     list_display = [
         "name",
         "status",
@@ -47,6 +49,17 @@ class SimulationAdmin(admin.ModelAdmin):
     ]
     actions = ["cancel_simulations"]
 
+    def has_add_permission(self, request):
+        return can_create_simulation(request.user) and super().has_add_permission(request)
+
+    def has_change_permission(self, request, obj=None):
+        allowed = obj is None or can_change_simulation(request.user, obj)
+        return allowed and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        allowed = obj is None or can_change_simulation(request.user, obj)
+        return allowed and super().has_delete_permission(request, obj)
+
     @admin.display(description="Waiting because")
     def waiting_because(self, simulation):
         if simulation.status != Simulation.Status.PENDING:
@@ -71,7 +84,11 @@ class SimulationAdmin(admin.ModelAdmin):
             fields = {
                 f: form.cleaned_data[f] for f in services.EDITABLE_FIELDS if f in form.cleaned_data
             }
-            obj.pk = services.simulation_create(owner=request.user, **fields).pk
+            fields["owner"] = fields.get("owner") or request.user
+            obj.pk = services.simulation_create(**fields).pk
+
+    def delete_with_service(self, obj):
+        services.simulation_delete(simulation=obj)  # refused while it holds a machine
 
     @admin.action(description="Cancel (frees the machine)")
     def cancel_simulations(self, request, queryset):

@@ -10,7 +10,7 @@ from django.db.models import Q
 from django.utils.dateparse import parse_datetime
 
 from machines.models import Machine
-from simsched.db import dictfetchone
+from simsched.db import dictfetchone, is_storable_id
 from simsched.exceptions import NotFoundError
 from simulations.models import Simulation
 
@@ -25,6 +25,15 @@ def fits(machine: Machine, simulation: Simulation) -> bool:
     return all(
         getattr(machine, capacity) >= getattr(simulation, need)
         for _, need, capacity, _ in REQUIREMENTS
+    )
+
+
+def machine_active_simulation(*, machine_id: int) -> Simulation | None:
+    """The simulation scheduled on or running on the machine, if any (at most one)."""
+    return (
+        Simulation.objects.select_related("machine", "owner")
+        .filter(machine_id=machine_id, status__in=Simulation.ACTIVE)
+        .first()
     )
 
 
@@ -130,7 +139,7 @@ def simulation_write_access(*, simulation_id) -> WriteAccess | None:
     """Bare SQL: who may write a simulation's points, read on every point write, where building
     the ORM query costs more than running it. None for an unknown simulation."""
     simulation_id = int(simulation_id)
-    if not 0 < simulation_id < 2**63:
+    if not is_storable_id(simulation_id):
         return None
     with connection.cursor() as cursor:
         cursor.execute(
@@ -142,6 +151,8 @@ def simulation_write_access(*, simulation_id) -> WriteAccess | None:
 
 def simulation_detailed(*, simulation_id: int) -> dict:
     """Bare SQL by design (the original API's joined read): a simulation with its machine."""
+    if not is_storable_id(simulation_id):
+        raise NotFoundError(f"Simulation {simulation_id} does not exist.")
     with connection.cursor() as cursor:
         cursor.execute(
             """

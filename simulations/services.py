@@ -5,6 +5,7 @@ from django.utils import timezone
 
 from machines.events import machine_changed
 from machines.models import Machine
+from simsched.db import is_storable_id
 from simsched.exceptions import ConflictError, ForbiddenError, NotFoundError
 from simulations import events
 from simulations.models import Simulation
@@ -14,6 +15,9 @@ from simulations.selectors import fits, simulation_wait_reasons
 
 ERR_TRANSITION = "A {current} simulation cannot become {target}."
 ERR_NOT_PENDING = "Requirements and pinning can only change while the simulation is pending."
+ERR_LAUNCH_NOT_PENDING = (
+    "command, env and working_dir can only change while the simulation is pending."
+)
 ERR_PINNED_TOO_SMALL = "The pinned machine does not satisfy the simulation's requirements."
 ERR_DELETE_ACTIVE = "The simulation holds a machine; cancel it before deleting it."
 ERR_MACHINE_NOT_FOUND = "Machine {machine_id} does not exist."
@@ -21,7 +25,10 @@ ERR_STATUS_BY_SCHEDULER = "Status '{target}' is set by the scheduler, not by han
 ERR_RUN_FORBIDDEN = "Only the simulation's owner or staff may run it."
 
 REQUIREMENT_FIELDS = ("required_gpus", "required_memory", "required_cpu_cores", "pinned_machine")
-EDITABLE_FIELDS = ("name", "priority", *REQUIREMENT_FIELDS)
+# What the agent launches: fixed once the simulation leaves the queue, like the requirements.
+LAUNCH_FIELDS = ("command", "env", "working_dir")
+# `owner` is changed by staff in the admin; the API's serializer never passes it.
+EDITABLE_FIELDS = ("name", "priority", "owner", *REQUIREMENT_FIELDS, *LAUNCH_FIELDS)
 
 
 def _check_pinned_fits(simulation: Simulation) -> None:
@@ -40,6 +47,9 @@ def simulation_create(
     required_memory: int = 1,
     required_cpu_cores: int = 0,
     pinned_machine: Machine | None = None,
+    command: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    working_dir: str = "",
 ) -> Simulation:
     simulation = Simulation(
         name=name,
@@ -49,6 +59,9 @@ def simulation_create(
         required_memory=required_memory,
         required_cpu_cores=required_cpu_cores,
         pinned_machine=pinned_machine,
+        command=command or [],
+        env=env or {},
+        working_dir=working_dir,
     )
     simulation.full_clean()
     _check_pinned_fits(simulation)
@@ -63,6 +76,8 @@ def simulation_create_bare_sql(*, machine_id: int, name: str, owner=None) -> int
 
     Returns the new simulation's id.
     """
+    if not is_storable_id(machine_id):
+        raise NotFoundError(ERR_MACHINE_NOT_FOUND.format(machine_id=machine_id))
     now = timezone.now()
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("""SELECT id FROM machines WHERE id = %s""", [machine_id])
@@ -73,9 +88,9 @@ def simulation_create_bare_sql(*, machine_id: int, name: str, owner=None) -> int
             INSERT INTO simulations (
                 name, owner_id, status, pinned_machine_id, priority, required_gpus,
                 required_memory, required_cpu_cores, accrued_cost, attempts, failure_reason,
-                created_at, updated_at
+                command, env, working_dir, created_at, updated_at
             )
-            VALUES (%s, %s, %s, %s, 0, 0, 1, 0, 0, 0, '', %s, %s)
+            VALUES (%s, %s, %s, %s, 0, 0, 1, 0, 0, 0, '', '[]', '{}', '', %s, %s)
             RETURNING id
             """,
             [name, getattr(owner, "pk", None), Simulation.Status.PENDING, machine_id, now, now],
@@ -99,6 +114,11 @@ def simulation_update(*, simulation: Simulation, data: dict) -> Simulation:
     )
     if requirement_change and simulation.status != Simulation.Status.PENDING:
         raise ConflictError(ERR_NOT_PENDING, details={"current_status": simulation.status})
+    launch_change = any(
+        getattr(simulation, field) != changes[field] for field in LAUNCH_FIELDS if field in changes
+    )
+    if launch_change and simulation.status != Simulation.Status.PENDING:
+        raise ConflictError(ERR_LAUNCH_NOT_PENDING, details={"current_status": simulation.status})
     for field, value in changes.items():
         setattr(simulation, field, value)
     simulation.full_clean()

@@ -200,7 +200,7 @@ async def test_a_streamed_csv_export_goes_through_the_server_path_whole(token, s
     await communicator.wait(TIMEOUT)
     assert response["status"] == 200
     rows = response["body"].decode().splitlines()
-    assert rows[0] == "step,timestamp,loss_value"
+    assert rows[0] == "step,metric,value,timestamp"  # the whole run in long form
     assert [row.split(",")[0] for row in rows[1:]] == ["0", "1", "2"]
 
 
