@@ -15,6 +15,7 @@ from convergence.models import ROLLUP_LEVELS, ConvergencePoint, rollup_width
 from simsched.broadcast import broadcast, simulation_group
 from simsched.db import is_postgres
 from simsched.exceptions import ConflictError, NotFoundError
+from simulations import guards  # guards: the plateau/divergence check after each write
 from simulations.models import Simulation
 
 MAX_BATCH_POINTS = 10_000
@@ -238,6 +239,12 @@ def _require_simulation(simulation_id: int) -> None:
         raise NotFoundError(ERR_SIMULATION_NOT_FOUND.format(simulation_id=simulation_id))
 
 
+def _run_guards(simulation_id: int, stored: list[Point]) -> None:
+    """guards: tell simulations.guards what a write stored (no query unless guards apply)."""
+    if stored and guards.watches_points(simulation_id):
+        guards.guards_on_points(simulation_id, [guards.summarize("loss", stored)])
+
+
 def _broadcast_points(simulation_id: int, points: list[Point]) -> None:
     if not points:
         return
@@ -261,6 +268,7 @@ def points_ingest(*, simulation_id: int, points: list[Point]) -> IngestResult:
         if repeated:
             _reject_conflicts(simulation_id, repeated)
         stored = [p for p in points if p.step in stored_steps]
+        _run_guards(simulation_id, stored)  # guards
         _broadcast_points(simulation_id, stored)
     return IngestResult(stored=len(stored), duplicates=len(points) - len(stored))
 
@@ -322,6 +330,7 @@ def point_add(
         stored = Point(point.step, point.loss_value, point.timestamp)
         with connection.cursor() as cursor:
             _rollup_add(cursor, simulation_id, [stored])
+        _run_guards(simulation_id, [stored])  # guards
         _broadcast_points(simulation_id, [stored])
     return point, True
 
@@ -334,6 +343,7 @@ def _pg_point_add(simulation_id, step, loss_value, timestamp) -> tuple[Convergen
         _require_simulation(simulation_id)
         return _existing_point(simulation_id, step, loss_value), False
     point_id = rows[0][0]
+    _run_guards(simulation_id, [Point(step, loss_value, timestamp)])  # guards
     _broadcast_points(simulation_id, [Point(step, loss_value, timestamp)])
     point = ConvergencePoint(
         id=point_id,

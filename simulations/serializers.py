@@ -3,8 +3,13 @@ from rest_framework import serializers
 from convergence.selectors import simulation_point_stats
 from machines.models import Machine
 from machines.serializers import MachineSerializer
+from simsched.exceptions import ApplicationError
+from simulations.guard_rules import normalize_guards
 from simulations.models import PRIORITY_MAX, PRIORITY_MIN, Simulation
 from simulations.selectors import simulation_wait_reasons
+
+MAX_DURATION_MAX = 366 * 24 * 3600
+PREEMPT_GRACE_MAX = 24 * 3600
 
 
 class WaitReasonSerializer(serializers.Serializer):
@@ -61,6 +66,24 @@ class SimulationSerializer(serializers.ModelSerializer):
     required_gpus = serializers.IntegerField(min_value=0, max_value=1024, required=False)
     required_memory = serializers.IntegerField(min_value=1, max_value=1_000_000, required=False)
     required_cpu_cores = serializers.IntegerField(min_value=0, max_value=100_000, required=False)
+    max_duration = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_DURATION_MAX,
+        required=False,
+        allow_null=True,
+        help_text="Seconds of running before it ends timed_out; null for no limit.",
+    )
+    guards = serializers.JSONField(
+        required=False,
+        help_text='E.g. {"nan": true, "stall_seconds": 600, "plateau": {"metric": "loss", '
+        '"window": 5000, "min_delta": 0.001}, "divergence": {"metric": "loss", "factor": 10}}; '
+        "keys left out take the fleet's defaults (SIMSCHED_DEFAULT_GUARDS).",
+    )
+    preemptible = serializers.BooleanField(required=False)
+    preempt_grace = serializers.IntegerField(
+        min_value=0, max_value=PREEMPT_GRACE_MAX, required=False
+    )
+    resume_step = serializers.SerializerMethodField()
     running_seconds = serializers.FloatField(read_only=True, allow_null=True)
     cost = serializers.DecimalField(max_digits=14, decimal_places=4, read_only=True)
     wait_reason = serializers.SerializerMethodField()
@@ -98,8 +121,27 @@ class SimulationSerializer(serializers.ModelSerializer):
             "running_seconds",
             "hourly_cost",
             "cost",
+            "max_duration",
+            "guards",
+            "preemptible",
+            "preempt_grace",
+            "stopped_by",
+            "stop_step",
+            "stop_reason",
+            "saved_hours",
+            "saved_cost",
+            "preempt_requested_at",
+            "preemptions",
+            "resume_step",
         ]
         read_only_fields = [
+            "stopped_by",
+            "stop_step",
+            "stop_reason",
+            "saved_hours",
+            "saved_cost",
+            "preempt_requested_at",
+            "preemptions",
             "machine",
             "created_at",
             "updated_at",
@@ -116,6 +158,18 @@ class SimulationSerializer(serializers.ModelSerializer):
         if self.instance is None and value != Simulation.Status.PENDING:
             raise serializers.ValidationError("A new simulation starts pending.")
         return value
+
+    def validate_guards(self, value):
+        try:
+            normalize_guards(value)
+        except ApplicationError as exc:
+            raise serializers.ValidationError(exc.fields["guards"]) from exc
+        return value
+
+    def get_resume_step(self, simulation) -> int:
+        """The step to resume from (last stored step + 1; 0 for a fresh run)."""
+        last = self.get_progress(simulation)["last_step"]
+        return 0 if last is None else last + 1
 
     def get_wait_reason(self, simulation) -> WaitReasonSerializer(allow_null=True):
         reasons = self.context.get("wait_reasons")
@@ -147,7 +201,14 @@ class FailSerializer(serializers.Serializer):
 class HeartbeatSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     status = serializers.CharField()
-    stop = serializers.BooleanField(help_text="True once the simulation has ended: stop working.")
+    stop = serializers.BooleanField(
+        help_text="True once the simulation has ended (cancelled, or stopped by a guard or its "
+        "time limit) or is being preempted: stop working."
+    )
+    preempt = serializers.BooleanField(
+        help_text="True when the stop is a preemption: the run is requeued after its grace and "
+        "resumes from resume_step."
+    )
 
 
 class DetailedMachineSerializer(MachineSerializer):

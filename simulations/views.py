@@ -103,11 +103,11 @@ class SimulationViewSet(viewsets.ModelViewSet):
     def heartbeat(self, request, pk=None):
         """Any agent may ask; only the agent of the simulation's machine is recorded."""
         simulation = self.get_object()
-        stop = services.simulation_heartbeat(
+        answer = services.simulation_heartbeat(
             simulation=simulation, machine_id=agent_machine_id(request.user)
         )
         simulation.refresh_from_db(fields=["status"])
-        return Response({"id": simulation.pk, "status": simulation.status, "stop": stop})
+        return Response({"id": simulation.pk, "status": simulation.status, **answer._asdict()})
 
     @extend_schema(request=None, responses=SimulationSerializer, tags=["agent"])
     @action(detail=True, methods=["post"], permission_classes=AGENT_PERMISSIONS)
