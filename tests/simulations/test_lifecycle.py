@@ -270,7 +270,12 @@ def test_heartbeat_of_an_active_simulation_records_it_and_says_carry_on(user, so
     Simulation.objects.filter(pk=simulation.pk).update(last_heartbeat_at=old)
     response = agent_client(machine).post(f"/simulations/{simulation.pk}/heartbeat")
     assert response.status_code == 200
-    assert response.json() == {"id": simulation.pk, "status": source, "stop": False, "preempt": False}
+    assert response.json() == {
+        "id": simulation.pk,
+        "status": source,
+        "stop": False,
+        "preempt": False,
+    }
     simulation.refresh_from_db()
     assert simulation.last_heartbeat_at > old
 
@@ -280,7 +285,12 @@ def test_heartbeat_on_a_cancelled_simulation_says_stop(api, user):
     api.post(f"/simulations/{simulation.pk}/cancel")
     response = agent_client(machine).post(f"/simulations/{simulation.pk}/heartbeat/")
     assert response.status_code == 200
-    assert response.json() == {"id": simulation.pk, "status": "cancelled", "stop": True, "preempt": False}
+    assert response.json() == {
+        "id": simulation.pk,
+        "status": "cancelled",
+        "stop": True,
+        "preempt": False,
+    }
 
 
 @pytest.mark.parametrize("source", [S.FINISHED, S.FAILED])
