@@ -239,3 +239,19 @@ class DetailedSimulationSerializer(serializers.Serializer):
     failure_reason = serializers.CharField(allow_blank=True)
     hourly_cost = serializers.DecimalField(max_digits=10, decimal_places=2, allow_null=True)
     machine = DetailedMachineSerializer(allow_null=True, help_text="Its machine, or null.")
+
+
+class BudgetUsageSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    user = serializers.CharField(allow_null=True, help_text="The user it applies to, or null.")
+    group = serializers.CharField(allow_null=True, help_text="The group it applies to, or null.")
+    month_start = serializers.DateTimeField(help_text="Spend counts from here (UTC).")
+    monthly_budget = serializers.DecimalField(max_digits=12, decimal_places=2, allow_null=True)
+    spent = serializers.DecimalField(max_digits=14, decimal_places=2)
+    reserved = serializers.DecimalField(
+        max_digits=14,
+        decimal_places=2,
+        help_text="What the rest of running simulations' max_duration would cost.",
+    )
+    gpu_cap = serializers.IntegerField(allow_null=True)
+    gpus_in_use = serializers.IntegerField()

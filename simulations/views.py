@@ -15,10 +15,12 @@ from simsched.permissions import (
     can_control_simulation,
 )
 from simulations import selectors, services
+from simulations.budgets import budget_usage
 from simulations.filters import SimulationFilter
 from simulations.models import Simulation
 from simulations.serializers import (
     BareSqlCreateSerializer,
+    BudgetUsageSerializer,
     DetailedSimulationSerializer,
     FailSerializer,
     HeartbeatSerializer,
@@ -142,6 +144,31 @@ class AgentViewSet(viewsets.GenericViewSet):
         if simulation is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
         return Response(self.get_serializer(simulation).data)
+
+
+class BudgetViewSet(viewsets.GenericViewSet):
+    """Owners' monthly budgets and GPU caps with their use this month (set in the admin)."""
+
+    permission_classes = [IsAuthenticated]
+    serializer_class = BudgetUsageSerializer
+    queryset = Simulation.objects.none()
+    pagination_class = None
+
+    @extend_schema(
+        responses=BudgetUsageSerializer(many=True),
+        summary="Budgets and their use: all of them for staff, yours otherwise",
+    )
+    def list(self, request):
+        user = None if request.user.is_staff else request.user
+        return Response(BudgetUsageSerializer(budget_usage(user=user), many=True).data)
+
+    @extend_schema(
+        responses=BudgetUsageSerializer(many=True),
+        summary="The budgets that apply to me (mine and my groups')",
+    )
+    @action(detail=False, methods=["get"])
+    def mine(self, request):
+        return Response(BudgetUsageSerializer(budget_usage(user=request.user), many=True).data)
 
 
 # --- Dashboard pages ------------------------------------------------------------------------------
