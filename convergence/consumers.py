@@ -15,10 +15,11 @@ from simsched.socket_auth import (
     CLOSE_FORBIDDEN,
     CLOSE_NOT_FOUND,
     CLOSE_UNAUTHENTICATED,
-    is_signed_in,
+    scope_user,
 )
 from simulations import services as simulation_services
 from simulations.models import Simulation
+from simulations.permissions import can_read_simulation
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class ConvergenceConsumer(AsyncJsonWebsocketConsumer):
         self.group = simulation_group(self.simulation_id)
         self.joined = False
         await self.accept()
-        if not is_signed_in(self.scope):
+        if not can_read_simulation(scope_user(self.scope)):
             return await self.close(code=CLOSE_UNAUTHENTICATED)
         # Join before reading the snapshot, so nothing committed in between is missed
         # (clients drop points they already have, by step).
@@ -79,9 +80,9 @@ class SimulatedRunConsumer(AsyncJsonWebsocketConsumer):
         self.simulation_id = int(self.scope["url_route"]["kwargs"]["simulation_id"])
         self.task = None
         await self.accept()
-        if not is_signed_in(self.scope):
+        if not scope_user(self.scope).is_authenticated:
             return await self.close(code=CLOSE_UNAUTHENTICATED)
-        try:
+        try:  # who may run it is the service's question (simulations.permissions)
             await database_sync_to_async(simulation_services.simulated_run_begin)(
                 simulation_id=self.simulation_id, user=self.scope["user"]
             )

@@ -28,9 +28,9 @@ from convergence.serializers import (
     point_representation,
 )
 from simsched.exceptions import NotFoundError
-from simsched.permissions import can_write_points
 from simulations import guards  # guards: a refused non-finite value may stop the run
 from simulations.models import Simulation
+from simulations.permissions import ERR_REPORT, can_report_for
 from simulations.selectors import WriteAccess, simulation_write_access
 
 SIMULATION_ID = OpenApiParameter("simulation_id", int, OpenApiParameter.PATH)
@@ -94,8 +94,8 @@ class ConvergenceViewSet(viewsets.ViewSet):
         simulation = simulation_write_access(simulation_id=simulation_id)
         if simulation is None:
             raise NotFoundError(f"Simulation {simulation_id} does not exist.")
-        if not can_write_points(self.request.user, simulation):
-            raise PermissionDenied("You may not report points for this simulation.")
+        if not can_report_for(self.request.user, simulation):
+            raise PermissionDenied(ERR_REPORT)
         return simulation
 
     @extend_schema(

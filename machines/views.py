@@ -8,8 +8,8 @@ from rest_framework.response import Response
 from machines import selectors, services
 from machines.filters import MachineFilter
 from machines.models import Machine
+from machines.permissions import FleetPermission
 from machines.serializers import MachineSerializer, MachineStatusSerializer, UtilisationSerializer
-from simsched.permissions import IsStaffOrReadOnly
 from simulations.models import Simulation
 
 
@@ -27,7 +27,7 @@ class MachineViewSet(viewsets.ModelViewSet):
     filterset_class = MachineFilter
     ordering_fields = ["name", "hourly_cost", "gpu_count", "memory", "status", "created_at"]
     ordering = ["name"]
-    permission_classes = [IsAuthenticated, IsStaffOrReadOnly]
+    permission_classes = [IsAuthenticated, FleetPermission]
     lookup_value_regex = r"[0-9]+"
 
     # The response re-reads the machine: assignment ran on commit and may have made it busy.

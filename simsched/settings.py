@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "machines",
     "simulations",
     "convergence",
+    "dashboard",
 ]
 
 MIDDLEWARE = [

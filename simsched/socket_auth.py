@@ -27,7 +27,8 @@ async def close_with(send, code: int) -> None:
 def _user_for_token(key: str):
     from rest_framework.authtoken.models import Token
 
-    token = Token.objects.select_related("user").filter(key=key).first()
+    # The agent's machine too: the permission policy asks for it, and consumers must not query.
+    token = Token.objects.select_related("user", "user__agent_machine").filter(key=key).first()
     if token is None or not token.user.is_active:
         return None
     return token.user
@@ -91,6 +92,13 @@ def SocketAuthStack(app):  # noqa: N802 - reads like Channels' AuthMiddlewareSta
     return OriginMiddleware(AuthMiddlewareStack(TokenAuthMiddleware(app)))
 
 
+def scope_user(scope):
+    """The socket's user, AnonymousUser when nobody signed in."""
+    return scope.get("user") or AnonymousUser()
+
+
 def is_signed_in(scope) -> bool:
-    user = scope.get("user") or AnonymousUser()
-    return user.is_authenticated
+    """The fleet socket's rule: anyone who may read the fleet (machines.permissions)."""
+    from machines.permissions import can_read_fleet
+
+    return can_read_fleet(scope_user(scope))

@@ -5,11 +5,9 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from simsched import api_router
 from simsched.views import HealthView
-from simulations.views import dashboard, simulation_page
 
 urlpatterns = [
-    path("", dashboard, name="dashboard"),
-    path("dashboard/simulations/<int:simulation_id>", simulation_page, name="simulation-page"),
+    path("", include("dashboard.urls")),
     path(
         "login/",
         auth_views.LoginView.as_view(redirect_authenticated_user=True),

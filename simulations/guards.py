@@ -25,10 +25,10 @@ from django.utils import timezone
 
 from convergence.selectors import simulation_point_stats
 from simsched.exceptions import ApplicationError
-from simsched.permissions import agent_machine_id
 from simulations import services
 from simulations.guard_rules import METRIC_NAME, cached_point_guards
 from simulations.models import Simulation
+from simulations.permissions import can_trip_nan_guard
 
 S, BY = Simulation.Status, Simulation.StoppedBy
 
@@ -189,16 +189,6 @@ def find_nonfinite(data) -> tuple[str, int | None] | None:
     return None
 
 
-def _may_stop(user, simulation: Simulation) -> bool:
-    """The simulation's owner, or the agent of the machine it runs on."""
-    if user is None or not user.is_authenticated:
-        return False
-    machine_id = agent_machine_id(user)
-    if machine_id is not None:
-        return machine_id == simulation.machine_id
-    return simulation.owner_id is not None and simulation.owner_id == user.pk
-
-
 ERR_STOPPED_BY_NAN = "Invalid input. The run was stopped by its nan guard: {reason}."
 
 
@@ -241,7 +231,7 @@ def guards_on_nonfinite(simulation_id: int, metric: str, step: int | None, user)
     )
     if simulation is None or simulation.status not in Simulation.ACTIVE:
         return False
-    if not simulation.guards.get("nan") or not _may_stop(user, simulation):
+    if not simulation.guards.get("nan") or not can_trip_nan_guard(user, simulation):
         return False
     if step is None:  # the server would have taken the next step
         last = simulation_point_stats([simulation_id]).get(simulation_id, {}).get("last_step")

@@ -11,6 +11,7 @@ from machines.models import Machine
 from simsched.exceptions import ConflictError, ForbiddenError, NotFoundError
 from simulations import events, guard_rules
 from simulations.models import Simulation
+from simulations.permissions import can_change_simulation
 from simulations.scheduler import assign_pending, request_assignment
 from simulations.selectors import fits, simulation_wait_reasons
 
@@ -20,6 +21,7 @@ ERR_PINNED_TOO_SMALL = "The pinned machine does not satisfy the simulation's req
 ERR_DELETE_ACTIVE = "The simulation holds a machine; cancel it before deleting it."
 ERR_MACHINE_NOT_FOUND = "Machine {machine_id} does not exist."
 ERR_STATUS_BY_SCHEDULER = "Status '{target}' is set by the scheduler, not by hand."
+ERR_RUN_FORBIDDEN = "Only the simulation's owner or staff may run it."
 
 ERR_PREEMPTED = "Preempted by a higher-priority simulation; requeued to resume later."
 ERR_TIMED_OUT = "Ran for its max_duration of {seconds}s."
@@ -400,13 +402,11 @@ def simulation_run_here(*, simulation: Simulation) -> Simulation:
 
 def simulated_run_begin(*, simulation_id: int, user) -> Simulation:
     """The dashboard's simulated run starts: who may, and on which machine."""
-    from simsched.permissions import can_control_simulation
-
     simulation = Simulation.objects.filter(pk=simulation_id).first()
     if simulation is None:
         raise NotFoundError(f"Simulation {simulation_id} does not exist.")
-    if not can_control_simulation(user, simulation):
-        raise ForbiddenError("Only the simulation's owner or staff may run it.")
+    if not can_change_simulation(user, simulation):
+        raise ForbiddenError(ERR_RUN_FORBIDDEN)
     return simulation_run_here(simulation=simulation)
 
 

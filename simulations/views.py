@@ -1,23 +1,20 @@
-from django.contrib.auth.decorators import login_required
-from django.shortcuts import get_object_or_404, render
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
-from rest_framework.permissions import IsAdminUser, IsAuthenticated
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
-from simsched.permissions import (
-    IsAgent,
-    IsAgentOfMachineOrStaff,
-    IsOwnerOrStaffForDelete,
-    IsPersonForWrites,
-    agent_machine_id,
-    can_control_simulation,
-)
 from simulations import selectors, services
 from simulations.budgets import budget_usage
 from simulations.filters import SimulationFilter
 from simulations.models import Simulation
+from simulations.permissions import (
+    AgentOfSimulationMachine,
+    AgentOrStaff,
+    IsAgent,
+    SimulationPermission,
+    agent_machine_id,
+)
 from simulations.serializers import (
     BareSqlCreateSerializer,
     BudgetUsageSerializer,
@@ -27,7 +24,7 @@ from simulations.serializers import (
     SimulationSerializer,
 )
 
-AGENT_PERMISSIONS = [IsAuthenticated, IsAgentOfMachineOrStaff]
+AGENT_PERMISSIONS = [IsAuthenticated, AgentOfSimulationMachine]
 
 
 class SimulationViewSet(viewsets.ModelViewSet):
@@ -38,7 +35,7 @@ class SimulationViewSet(viewsets.ModelViewSet):
     filterset_class = SimulationFilter
     ordering_fields = ["name", "created_at", "updated_at", "status", "priority", "started_at"]
     ordering = ["-created_at", "-id"]
-    permission_classes = [IsAuthenticated, IsPersonForWrites, IsOwnerOrStaffForDelete]
+    permission_classes = [IsAuthenticated, SimulationPermission]
     lookup_value_regex = r"[0-9]+"
 
     def perform_create(self, serializer):
@@ -88,10 +85,7 @@ class SimulationViewSet(viewsets.ModelViewSet):
     @extend_schema(request=None, responses=SimulationSerializer)
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
-        simulation = self.get_object()
-        if not (request.user.is_staff or simulation.owner_id in (None, request.user.pk)):
-            self.permission_denied(request, "Only the owner or staff may cancel a simulation.")
-        return self._respond(services.simulation_cancel(simulation=simulation))
+        return self._respond(services.simulation_cancel(simulation=self.get_object()))
 
     @extend_schema(request=None, responses=SimulationSerializer, tags=["agent"])
     @action(detail=True, methods=["post"], permission_classes=AGENT_PERMISSIONS)
@@ -99,9 +93,7 @@ class SimulationViewSet(viewsets.ModelViewSet):
         return self._respond(services.simulation_start(simulation=self.get_object()))
 
     @extend_schema(request=None, responses=HeartbeatSerializer, tags=["agent"])
-    @action(
-        detail=True, methods=["post"], permission_classes=[IsAuthenticated, IsAgent | IsAdminUser]
-    )
+    @action(detail=True, methods=["post"], permission_classes=[IsAuthenticated, AgentOrStaff])
     def heartbeat(self, request, pk=None):
         """Any agent may ask; only the agent of the simulation's machine is recorded."""
         simulation = self.get_object()
@@ -169,71 +161,3 @@ class BudgetViewSet(viewsets.GenericViewSet):
     @action(detail=False, methods=["get"])
     def mine(self, request):
         return Response(BudgetUsageSerializer(budget_usage(user=request.user), many=True).data)
-
-
-# --- Dashboard pages ------------------------------------------------------------------------------
-
-DASHBOARD_RECENT_SIMULATIONS = 100
-# The page offers a simulated run only where one can begin (the server refuses the rest).
-SIMULATED_RUN_STARTS_FROM = (Simulation.Status.PENDING, Simulation.Status.SCHEDULED)
-
-
-@login_required
-def dashboard(request):
-    """The fleet page: machines, utilisation and recent simulations, live over /ws/fleet."""
-    from convergence.selectors import simulation_point_stats
-    from machines.models import Machine
-    from machines.selectors import fleet_utilisation
-
-    machines = list(Machine.objects.order_by("name"))
-    simulations = list(
-        Simulation.objects.select_related("machine", "owner").order_by("-created_at", "-id")[
-            :DASHBOARD_RECENT_SIMULATIONS
-        ]
-    )
-    running = {
-        s.machine_id: s
-        for s in Simulation.objects.filter(status__in=Simulation.ACTIVE).only(
-            "id", "name", "status", "machine_id"
-        )
-    }
-    stats = simulation_point_stats([s.pk for s in simulations])
-    waits = selectors.simulation_wait_reasons(simulations)
-    context = {
-        "machines": [{"machine": m, "running": running.get(m.pk)} for m in machines],
-        "simulations": [
-            {"simulation": s, "progress": stats.get(s.pk, {}), "wait_reason": waits.get(s.pk)}
-            for s in simulations
-        ],
-        "utilisation": fleet_utilisation(),
-        "recent_limit": DASHBOARD_RECENT_SIMULATIONS,
-    }
-    return render(request, "dashboard/fleet.html", context)
-
-
-@login_required
-def simulation_page(request, simulation_id: int):
-    """One simulation's live loss curve; the chart's history comes from the graph endpoint."""
-    from convergence.selectors import simulation_point_stats
-
-    simulation = get_object_or_404(
-        Simulation.objects.select_related("machine", "owner"), pk=simulation_id
-    )
-    progress = simulation_point_stats([simulation.pk]).get(simulation.pk, {})
-    context = {
-        "simulation": simulation,
-        "wait_reason": selectors.simulation_wait_reasons([simulation]).get(simulation.pk),
-        "can_control": can_control_simulation(request.user, simulation),
-        "is_final": simulation.is_final,
-        "can_start": simulation.status in SIMULATED_RUN_STARTS_FROM,
-        # Read by the page's script (json_script): what the tiles show before the chart loads.
-        "initial": {
-            "status": simulation.status,
-            "machine": simulation.machine_id,
-            "points": progress.get("points", 0),
-            "latest_loss": progress.get("latest_loss"),
-            "best_loss": progress.get("best_loss"),
-            "last_step": progress.get("last_step"),
-        },
-    }
-    return render(request, "dashboard/simulation.html", context)

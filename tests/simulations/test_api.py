@@ -39,11 +39,11 @@ def test_default_order_breaks_created_at_ties_by_newest_id(api):
     assert names(api.get("/simulations/")) == ["c", "b", "a"]
 
 
-def test_list_filters_by_status(api):
+def test_list_filters_by_status(api, user):
     make_machine()
     scheduled = make_simulation(name="placed")
     make_simulation(name="queued")
-    cancelled = make_simulation(name="dropped", required_gpus=999)
+    cancelled = make_simulation(name="dropped", required_gpus=999, owner=user)
     api.post(f"/simulations/{cancelled.pk}/cancel")
     assert names(api.get("/simulations/", {"status": "pending"})) == ["queued"]
     assert names(api.get("/simulations/", {"status": "scheduled"})) == [scheduled.name]
@@ -111,11 +111,11 @@ def test_list_with_a_malformed_date_is_400(api):
         ("-status", ["bravo", "charlie", "alpha"]),
     ],
 )
-def test_list_orders_by_the_requested_field(api, ordering, expected):
+def test_list_orders_by_the_requested_field(api, user, ordering, expected):
     make_machine()
     bravo = make_simulation(name="bravo")  # scheduled on the only machine
     charlie = make_simulation(name="charlie")  # pending
-    alpha = make_simulation(name="alpha", required_gpus=999)
+    alpha = make_simulation(name="alpha", required_gpus=999, owner=user)
     api.post(f"/simulations/{alpha.pk}/cancel")
     set_times(bravo, created_at=T0, updated_at=T0 + timedelta(hours=3))
     set_times(charlie, created_at=T0 + timedelta(hours=1), updated_at=T0)
@@ -242,8 +242,8 @@ def test_retrieve_unknown_simulation_is_404(api):
     assert_error(api.get("/simulations/999999"), 404, "not_found")
 
 
-def test_put_replaces_the_editable_fields(api):
-    simulation = make_simulation(name="old", priority=1, required_memory=8)
+def test_put_replaces_the_editable_fields(api, user):
+    simulation = make_simulation(name="old", priority=1, required_memory=8, owner=user)
     response = api.put(
         f"/simulations/{simulation.pk}",
         {"name": "new", "priority": 7, "required_memory": 16, "required_gpus": 1},
@@ -256,26 +256,26 @@ def test_put_replaces_the_editable_fields(api):
     assert (simulation.name, simulation.priority, simulation.required_gpus) == ("new", 7, 1)
 
 
-def test_put_without_a_name_is_400(api):
-    simulation = make_simulation(name="keep")
+def test_put_without_a_name_is_400(api, user):
+    simulation = make_simulation(name="keep", owner=user)
     error = assert_error(api.put(f"/simulations/{simulation.pk}", {}, format="json"), 400)
     assert "name" in error["fields"]
     simulation.refresh_from_db()
     assert simulation.name == "keep"
 
 
-def test_patch_renames_a_running_simulation(api):
+def test_patch_renames_a_running_simulation(api, user):
     make_machine()
-    simulation = simulation_start(simulation=make_simulation(name="before"))
+    simulation = simulation_start(simulation=make_simulation(name="before", owner=user))
     response = api.patch(f"/simulations/{simulation.pk}/", {"name": "after"}, format="json")
     assert response.status_code == 200
     assert response.json()["name"] == "after"
     assert response.json()["status"] == "running"
 
 
-def test_patch_of_requirements_after_placement_is_409(api):
+def test_patch_of_requirements_after_placement_is_409(api, user):
     make_machine()
-    simulation = make_simulation()
+    simulation = make_simulation(owner=user)
     response = api.patch(f"/simulations/{simulation.pk}", {"required_gpus": 2}, format="json")
     error = assert_error(response, 409)
     assert error["details"] == {"current_status": "scheduled"}
@@ -283,9 +283,9 @@ def test_patch_of_requirements_after_placement_is_409(api):
     assert simulation.required_gpus == 0
 
 
-def test_patch_of_requirements_while_pending_places_it_when_it_now_fits(api):
+def test_patch_of_requirements_while_pending_places_it_when_it_now_fits(api, user):
     make_machine(gpu_count=8)
-    simulation = make_simulation(required_gpus=16)
+    simulation = make_simulation(required_gpus=16, owner=user)
     response = api.patch(f"/simulations/{simulation.pk}", {"required_gpus": 8}, format="json")
     assert response.status_code == 200
     simulation.refresh_from_db()
