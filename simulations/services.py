@@ -1,6 +1,7 @@
 """Writes to simulations: creation, edits and every lifecycle transition."""
 
 import json
+from decimal import Decimal
 from typing import NamedTuple
 
 from django.db import connection, transaction
@@ -253,6 +254,8 @@ def simulation_stop(
     if locked.status not in Simulation.ACTIVE or not locked.can_become(target):
         return None
     saved_hours, saved_cost = locked.unspent_against_limit()
+    if target == Simulation.Status.TIMED_OUT:  # it used its whole limit, by definition
+        saved_hours = saved_cost = Decimal("0")
     failed = target != Simulation.Status.FINISHED
     return _end(
         locked,
