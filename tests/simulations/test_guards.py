@@ -48,7 +48,7 @@ def assert_stopped(simulation, machine, status, stopped_by):
     return simulation
 
 
-# --- the resource ----------------------------------------------------------------------------------
+# --- the resource ---------------------------------------------------------------------------------
 
 
 def test_a_new_simulation_has_the_default_nan_guard(api):
@@ -125,7 +125,7 @@ def test_changing_guards_resets_what_they_remembered(api, user):
     assert simulation.guards["divergence"]["factor"] == 9.0
 
 
-# --- nan -------------------------------------------------------------------------------------------
+# --- nan -----------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -209,7 +209,7 @@ def api_for(user):
     return token_client(user)
 
 
-# --- divergence and plateau ---------------------------------------------------------------------
+# --- divergence and plateau ----------------------------------------------------------------------
 
 
 def test_divergence_fails_the_run_and_keeps_the_points(user):
@@ -315,7 +315,7 @@ def test_a_guard_firing_while_the_run_finishes_leaves_one_final_state(user):
     assert writer_result["response"].status_code in (200, 403)
 
 
-# --- max_duration and stall (the tick) ----------------------------------------------------------
+# --- max_duration and stall (the tick) -----------------------------------------------------------
 
 
 def test_max_duration_times_the_run_out_on_its_next_heartbeat(user):
