@@ -40,7 +40,10 @@ def reap_silent(*, now: datetime | None = None) -> dict[str, list[int]]:
             current = Simulation.objects.select_for_update(no_key=True).get(pk=simulation.pk)
             if current.status not in Simulation.ACTIVE or current.last_heartbeat_at >= cutoff:
                 continue  # it spoke up, or ended, since we looked
-            if current.attempts < settings.SIMSCHED_MAX_RETRIES:
+            if current.is_preempting:  # its agent stopped as asked: not a failed attempt
+                services.simulation_end_preemption(simulation=current)
+                result["requeued"].append(current.pk)
+            elif current.attempts < settings.SIMSCHED_MAX_RETRIES:
                 services.simulation_requeue(simulation=current, reason=reason)
                 result["requeued"].append(current.pk)
             else:

@@ -103,6 +103,22 @@ def test_an_agent_reporting_failure_during_preemption_is_requeued_at_once(user):
     assert urgent.machine_id == machine.pk
 
 
+def test_a_preempted_run_whose_agent_went_quiet_is_requeued_without_a_failed_attempt(
+    user, settings
+):
+    from simulations.housekeeping import reap_silent
+
+    machine = make_machine()
+    victim = running_on(machine, owner=user, preemptible=True, preempt_grace=3600)
+    urgent = make_simulation(owner=user, priority=5)
+    preempt_for_waiting()
+    later = timezone.now() + timedelta(seconds=settings.SIMSCHED_HEARTBEAT_TIMEOUT + 1)
+    assert reap_silent(now=later) == {"requeued": [victim.pk], "failed": []}
+    victim, urgent = refreshed(victim, urgent)
+    assert (victim.status, victim.attempts, victim.preemptions) == (S.PENDING, 0, 1)
+    assert urgent.machine_id == machine.pk
+
+
 def test_only_preemptible_lower_priority_runs_are_preempted(user):
     machine = make_machine()
     running_on(machine, owner=user, priority=0, preemptible=False)
