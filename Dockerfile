@@ -9,6 +9,8 @@ COPY pyproject.toml README.md ./
 RUN pip install --no-cache-dir .
 
 COPY . .
+# The machine agent, which `manage.py agents` (the compose file's demo agents) runs.
+RUN pip install --no-cache-dir ./agent
 RUN DEBUG=0 SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput -v0 \
     && useradd --create-home --uid 1000 simsched \
     && chown -R simsched /app
@@ -17,4 +19,5 @@ USER simsched
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --retries=5 \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2)"
-CMD ["sh", "-c", "python manage.py migrate --noinput && exec daphne -b 0.0.0.0 -p 8000 simsched.asgi:application"]
+ENV HOST=0.0.0.0 PORT=8000 WEB_CONCURRENCY=2
+CMD ["sh", "-c", "python manage.py migrate --noinput && exec bin/serve-http"]

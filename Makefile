@@ -6,10 +6,13 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: run test install lint e2e-deps
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml agent/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# The machine agent and client library (standard library only), for `manage.py agents`
+	# and the tests that run `simsched-agent` as a real process.
+	$(BIN)/python -m pip install --quiet -e ./agent
 	touch $(STAMP)
 
 install: $(STAMP)

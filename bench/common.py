@@ -89,17 +89,30 @@ def free_port() -> int:
 
 
 class Server:
-    """One daphne process serving simsched on a free loopback port."""
+    """One server serving simsched on a free loopback port: daphne, or `argv` (a command line
+    in which `{port}` is replaced, e.g. bin/serve-http's)."""
 
-    def __init__(self, *, redis_url: str = REDIS_URL, port: int | None = None, **env: str):
+    def __init__(
+        self,
+        *,
+        redis_url: str = REDIS_URL,
+        port: int | None = None,
+        argv: list[str] | None = None,
+        cwd: Path = ROOT,
+        **env: str,
+    ):
         self.port = port or free_port()
         self.redis_url = redis_url
-        log_path = Path(tempfile.gettempdir()) / f"simsched-bench-daphne-{self.port}.log"
+        log_path = Path(tempfile.gettempdir()) / f"simsched-bench-server-{self.port}.log"
         self.log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        argv = argv or [DAPHNE, "-b", HOST, "-p", "{port}", "simsched.asgi:application"]
         self.proc = subprocess.Popen(
-            [DAPHNE, "-b", HOST, "-p", str(self.port), "simsched.asgi:application"],
-            cwd=ROOT,
-            env=server_env(redis_url=redis_url, **env),
+            [arg.replace("{port}", str(self.port)) for arg in argv],
+            cwd=cwd,
+            env={
+                k: v.replace("{port}", str(self.port))
+                for k, v in server_env(redis_url=redis_url, **env).items()
+            },
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
@@ -113,7 +126,7 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"daphne exited with {self.proc.returncode}")
+                raise RuntimeError(f"server exited with {self.proc.returncode}")
             try:
                 conn = http.client.HTTPConnection(HOST, self.port, timeout=2)
                 conn.request("GET", "/health")
@@ -121,7 +134,7 @@ class Server:
                 return  # any answer: the server is up
             except OSError:
                 time.sleep(0.2)
-        raise RuntimeError("daphne did not become ready")
+        raise RuntimeError("server did not become ready")
 
     def peak_memory_mib(self) -> float:
         """VmHWM: the resident set's high-water mark since the process started."""
@@ -133,6 +146,11 @@ class Server:
     def reset_peak(self) -> None:
         """Start a new high-water mark (writing 5 to clear_refs resets VmHWM to the RSS)."""
         Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server and its worker processes so far: per request, a
+        figure that load from other people on the machine moves much less than wall time."""
+        return sum(_cpu_seconds(pid) for pid in [self.proc.pid, *_children(self.proc.pid)])
 
     def rss_mib(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -155,6 +173,31 @@ class Server:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = _stat(pid)
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int(_stat(int(entry.name))[1]) == pid:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found + [grandchild for child in found for grandchild in _children(child)]
 
 
 class Client:

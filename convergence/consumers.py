@@ -13,6 +13,7 @@ from simsched.groups import local_groups
 from simsched.socket_auth import (
     CLOSE_CONFLICT,
     CLOSE_FORBIDDEN,
+    CLOSE_GONE,
     CLOSE_NOT_FOUND,
     CLOSE_UNAUTHENTICATED,
     scope_user,
@@ -55,6 +56,11 @@ class ConvergenceConsumer(AsyncJsonWebsocketConsumer):
             {"type": "points", "simulation_id": event["simulation_id"], "points": event["points"]}
         )
 
+    async def simulation_deleted(self, event):
+        """The simulation was deleted: say so, then close with 4410 (gone)."""
+        await self.send_json({"type": "deleted", "simulation_id": event["id"]})
+        await self.close(code=CLOSE_GONE)
+
     async def simulation_status(self, event):
         simulation = event["simulation"]
         await self.send_json(
@@ -63,6 +69,18 @@ class ConvergenceConsumer(AsyncJsonWebsocketConsumer):
                 "simulation_id": simulation["id"],
                 "status": simulation["status"],
                 "simulation": simulation,
+            }
+        )
+
+    async def simulation_logs(self, event):
+        """New stdout/stderr lines; `truncated` ones are fetched from /simulations/{id}/logs."""
+        await self.send_json(
+            {
+                "type": "logs",
+                "simulation_id": event["simulation_id"],
+                "last_seq": event["last_seq"],
+                "truncated": event["truncated"],
+                "lines": event["lines"],
             }
         )
 

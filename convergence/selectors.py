@@ -1,10 +1,22 @@
 """Reads of convergence data: charts, incremental streams, pages and per-simulation stats."""
 
+import csv
+import heapq
+import io
 import math
+from collections.abc import Iterator
+from datetime import UTC, datetime
 
 from django.db import connection
 
-from convergence.models import ROLLUP_FANOUT, ROLLUP_LEVELS, ConvergencePoint, ConvergenceRollup
+from convergence.models import (
+    DEFAULT_METRIC,
+    ROLLUP_FANOUT,
+    ROLLUP_LEVELS,
+    ConvergencePoint,
+    ConvergenceRollup,
+    ConvergenceSeries,
+)
 from simsched.db import dictfetchall, dictfetchone
 from simsched.exceptions import NotFoundError
 from simulations.models import Simulation
@@ -23,6 +35,15 @@ def _simulation_status(simulation_id: int) -> str:
     if status is None:
         raise NotFoundError(ERR_SIMULATION_NOT_FOUND.format(simulation_id=simulation_id))
     return status
+
+
+def series_id_of(simulation_id: int, metric: str) -> int | None:
+    """The series' id, or None when the simulation has no point of that metric."""
+    return (
+        ConvergenceSeries.objects.filter(simulation_id=simulation_id, metric=metric)
+        .values_list("id", flat=True)
+        .first()
+    )
 
 
 def _decompose(first: int, last: int, level: int) -> list[tuple[int, int, int]]:
@@ -48,13 +69,14 @@ def _decompose(first: int, last: int, level: int) -> list[tuple[int, int, int]]:
 
 _RAW_PIECE = """
     SELECT step, loss_value, step, loss_value, step, loss_value, step, loss_value, 1
-    FROM convergence_data WHERE simulation_id = %s AND step BETWEEN %s AND %s
+    FROM convergence_data
+    WHERE simulation_id = %s AND series_id = %s AND step BETWEEN %s AND %s
 """
 _ROLLUP_PIECE = """
     SELECT first_step, first_loss, last_step, last_loss, min_step, min_loss, max_step, max_loss,
         count
     FROM convergence_rollup
-    WHERE simulation_id = %s AND level = %s AND bucket BETWEEN %s AND %s
+    WHERE simulation_id = %s AND series_id = %s AND level = %s AND bucket BETWEEN %s AND %s
 """
 _BUCKETS = """
     WITH pieces(fs, fl, ls, ll, mins, minl, maxs, maxl, n) AS ({pieces}),
@@ -79,39 +101,39 @@ _BUCKETS = """
 """
 
 
-def _bounds(cursor, simulation_id: int) -> tuple[int | None, int | None]:
+def _bounds(cursor, simulation_id: int, series_id: int) -> tuple[int | None, int | None]:
     cursor.execute(
         """
         SELECT min(first_step) AS first, max(last_step) AS last
-        FROM convergence_rollup WHERE simulation_id = %s AND level = %s
+        FROM convergence_rollup WHERE simulation_id = %s AND series_id = %s AND level = %s
         """,
-        [simulation_id, TOP_LEVEL],
+        [simulation_id, series_id, TOP_LEVEL],
     )
     row = dictfetchone(cursor)
     return row["first"], row["last"]
 
 
-def _bucket_rows(cursor, simulation_id, first, last, level, width) -> list[dict]:
+def _bucket_rows(cursor, simulation_id, series_id, first, last, level, width) -> list[dict]:
     ranges = _decompose(first, last, level)
     sql, params = [], []
     for range_level, lo, hi in ranges:
         if range_level == 0:
             sql.append(_RAW_PIECE)
-            params += [simulation_id, lo, hi]
+            params += [simulation_id, series_id, lo, hi]
         else:
             sql.append(_ROLLUP_PIECE)
-            params += [simulation_id, range_level, lo, hi]
+            params += [simulation_id, series_id, range_level, lo, hi]
     cursor.execute(_BUCKETS.format(pieces=" UNION ALL ".join(sql)), [*params, width, width])
     return dictfetchall(cursor)
 
 
-def _raw_points(cursor, simulation_id: int, first: int, last: int) -> list[dict]:
+def _raw_points(cursor, simulation_id: int, series_id: int, first: int, last: int) -> list[dict]:
     cursor.execute(
         """
         SELECT step, loss_value AS loss FROM convergence_data
-        WHERE simulation_id = %s AND step BETWEEN %s AND %s ORDER BY step
+        WHERE simulation_id = %s AND series_id = %s AND step BETWEEN %s AND %s ORDER BY step
         """,
-        [simulation_id, first, last],
+        [simulation_id, series_id, first, last],
     )
     return dictfetchall(cursor)
 
@@ -127,25 +149,11 @@ def _bucket_points(bucket: dict) -> list[dict]:
     return [{"step": step, "loss": extremes[step]} for step in sorted(extremes)]
 
 
-def convergence_graph(
-    *,
-    simulation_id: int,
-    max_points: int = GRAPH_DEFAULT_POINTS,
-    from_step: int | None = None,
-    to_step: int | None = None,
+def _series_graph(
+    cursor, simulation_id: int, series_id: int | None, max_points, from_step, to_step
 ) -> dict:
-    """Bare SQL by design: a chart of at most `max_points` points from the step rollup.
-
-    The window is cut into equal step buckets aligned to rollup buckets; each keeps its first,
-    minimum, maximum and last point, so no spike is lost. Reads a few thousand rollup rows
-    whatever the simulation's size. A window with no more than `max_points` raw points is
-    returned as is.
-    """
-    status = _simulation_status(simulation_id)
+    """One series' chart fields: see `convergence_graph`."""
     result = {
-        "simulation_id": simulation_id,
-        "status": status,
-        "is_complete": status in Simulation.FINAL,
         "from_step": from_step,
         "to_step": to_step,
         "raw_points": 0,
@@ -154,39 +162,177 @@ def convergence_graph(
         "bucket_width": 1,
         "points": [],
     }
-    with connection.cursor() as cursor:
-        data_first, data_last = _bounds(cursor, simulation_id)
-        if data_first is None:
-            return result
-        first = max(from_step if from_step is not None else data_first, data_first)
-        last = min(to_step if to_step is not None else data_last, data_last)
-        result.update(from_step=first, to_step=last)
-        if first > last:
-            return result
-        buckets_wanted = max(max_points // 4 - 1, 1)
-        per_bucket = (last - first + 1) / buckets_wanted
-        level = max((lvl for lvl in ROLLUP_LEVELS if ROLLUP_FANOUT**lvl <= per_bucket), default=0)
-        level_width = ROLLUP_FANOUT**level
-        width = level_width * max(math.ceil(per_bucket / level_width), 1)
-        buckets = _bucket_rows(cursor, simulation_id, first, last, level, width)
-        raw_count = sum(b["n"] for b in buckets)
-        result["raw_points"] = raw_count
-        if raw_count <= max_points:
-            points = _raw_points(cursor, simulation_id, first, last)
-        else:
-            points = [p for bucket in buckets for p in _bucket_points(bucket)]
-            result.update(downsampled=True, bucket_width=width)
+    if series_id is None:
+        return result
+    data_first, data_last = _bounds(cursor, simulation_id, series_id)
+    if data_first is None:
+        return result
+    first = max(from_step if from_step is not None else data_first, data_first)
+    last = min(to_step if to_step is not None else data_last, data_last)
+    result.update(from_step=first, to_step=last)
+    if first > last:
+        return result
+    buckets_wanted = max(max_points // 4 - 1, 1)
+    per_bucket = (last - first + 1) / buckets_wanted
+    level = max((lvl for lvl in ROLLUP_LEVELS if ROLLUP_FANOUT**lvl <= per_bucket), default=0)
+    level_width = ROLLUP_FANOUT**level
+    width = level_width * max(math.ceil(per_bucket / level_width), 1)
+    buckets = _bucket_rows(cursor, simulation_id, series_id, first, last, level, width)
+    raw_count = sum(b["n"] for b in buckets)
+    result["raw_points"] = raw_count
+    if raw_count <= max_points:
+        points = _raw_points(cursor, simulation_id, series_id, first, last)
+    else:
+        points = [p for bucket in buckets for p in _bucket_points(bucket)]
+        result.update(downsampled=True, bucket_width=width)
     result.update(points=points, returned_points=len(points))
     return result
 
 
-def points_since(
-    *, simulation_id: int, since_step: int = -1, limit: int = STREAM_MAX_POINTS
+def _series_ids(simulation_ids: list[int], metrics: list[str]) -> dict[tuple[int, str], int]:
+    rows = ConvergenceSeries.objects.filter(simulation_id__in=simulation_ids, metric__in=metrics)
+    return {
+        (sim, metric): pk for sim, metric, pk in rows.values_list("simulation_id", "metric", "id")
+    }
+
+
+def convergence_graph(
+    *,
+    simulation_id: int,
+    metrics: tuple[str, ...] = (DEFAULT_METRIC,),
+    max_points: int = GRAPH_DEFAULT_POINTS,
+    from_step: int | None = None,
+    to_step: int | None = None,
 ) -> dict:
-    """Points after `since_step`, in step order, for clients that catch up incrementally."""
+    """Bare SQL by design: a chart of at most `max_points` points per series from the rollup.
+
+    The window is cut into equal step buckets aligned to rollup buckets; each keeps its first,
+    minimum, maximum and last point, so no spike is lost. Reads a few thousand rollup rows
+    whatever the simulation's size. A window with no more than `max_points` raw points is
+    returned as is. One metric: its chart fields at the top level, as before several metrics
+    existed; several: one entry per metric under `series`.
+    """
+    status = _simulation_status(simulation_id)
+    result = {
+        "simulation_id": simulation_id,
+        "status": status,
+        "is_complete": status in Simulation.FINAL,
+    }
+    ids = _series_ids([simulation_id], list(metrics))
+    with connection.cursor() as cursor:
+        graphs = [
+            {
+                "metric": metric,
+                **_series_graph(
+                    cursor,
+                    simulation_id,
+                    ids.get((simulation_id, metric)),
+                    max_points,
+                    from_step,
+                    to_step,
+                ),
+            }
+            for metric in metrics
+        ]
+    if len(graphs) == 1:
+        return {**result, **graphs[0]}
+    return {**result, "series": graphs}
+
+
+def convergence_compare(
+    *,
+    simulation_ids: list[int],
+    metric: str = DEFAULT_METRIC,
+    max_points: int = GRAPH_DEFAULT_POINTS,
+    from_step: int | None = None,
+    to_step: int | None = None,
+) -> dict:
+    """Bare SQL by design (see `convergence_graph`): one metric of several simulations, each
+    downsampled the same way, with each simulation's name, status and machine. Raises
+    NotFoundError naming the first unknown simulation."""
+    simulations = {
+        s.pk: s for s in Simulation.objects.select_related("machine").filter(pk__in=simulation_ids)
+    }
+    for simulation_id in simulation_ids:
+        if simulation_id not in simulations:
+            raise NotFoundError(ERR_SIMULATION_NOT_FOUND.format(simulation_id=simulation_id))
+    ids = _series_ids(simulation_ids, [metric])
+    runs = []
+    with connection.cursor() as cursor:
+        for simulation_id in simulation_ids:
+            simulation = simulations[simulation_id]
+            graph = _series_graph(
+                cursor,
+                simulation_id,
+                ids.get((simulation_id, metric)),
+                max_points,
+                from_step,
+                to_step,
+            )
+            runs.append(
+                {
+                    "simulation_id": simulation_id,
+                    "name": simulation.name,
+                    "status": simulation.status,
+                    "is_complete": simulation.status in Simulation.FINAL,
+                    "machine": simulation.machine_id,
+                    "machine_name": simulation.machine.name if simulation.machine else None,
+                    **graph,
+                }
+            )
+    return {"metric": metric, "max_points": max_points, "simulations": runs}
+
+
+def simulation_metrics(*, simulation_id: int) -> dict:
+    """A simulation's series: for each, its points, first and last step, latest, min and max
+    (from the coarsest rollup level: a few rows per series)."""
+    status = _simulation_status(simulation_id)
+    series = {
+        pk: {
+            "metric": metric,
+            "points": 0,
+            "first_step": None,
+            "last_step": None,
+            "latest": None,
+            "min": None,
+            "max": None,
+        }
+        for pk, metric in ConvergenceSeries.objects.filter(simulation_id=simulation_id)
+        .order_by("metric")
+        .values_list("id", "metric")
+    }
+    rows = ConvergenceRollup.objects.filter(
+        simulation_id=simulation_id, series_id__in=list(series), level=TOP_LEVEL
+    ).order_by("series_id", "bucket")
+    for row in rows:
+        entry = series[row.series_id]
+        if entry["first_step"] is None:
+            entry.update(first_step=row.first_step, min=row.min_loss, max=row.max_loss)
+        entry["points"] += row.count
+        entry["min"] = min(entry["min"], row.min_loss)
+        entry["max"] = max(entry["max"], row.max_loss)
+        entry["last_step"], entry["latest"] = row.last_step, row.last_loss
+    return {
+        "simulation_id": simulation_id,
+        "status": status,
+        "metrics": [entry for entry in series.values() if entry["points"]],
+    }
+
+
+def points_since(
+    *,
+    simulation_id: int,
+    metric: str = DEFAULT_METRIC,
+    since_step: int = -1,
+    limit: int = STREAM_MAX_POINTS,
+) -> dict:
+    """Points of one series after `since_step`, in step order, for clients that catch up
+    incrementally."""
     status = _simulation_status(simulation_id)
     rows = list(
-        ConvergencePoint.objects.filter(simulation_id=simulation_id, step__gt=since_step)
+        ConvergencePoint.objects.filter(
+            simulation_id=simulation_id, series__metric=metric, step__gt=since_step
+        )
         .order_by("step")
         .values("step", "loss_value", "timestamp")[: limit + 1]
     )
@@ -194,6 +340,7 @@ def points_since(
     rows = rows[:limit]
     return {
         "simulation_id": simulation_id,
+        "metric": metric,
         "status": status,
         "is_complete": status in Simulation.FINAL,
         "since_step": since_step,
@@ -206,9 +353,12 @@ def points_since(
 
 
 def simulation_point_stats(simulation_ids) -> dict[int, dict]:
-    """Points so far, latest and best loss per simulation, from the coarsest rollup level."""
+    """Points so far, latest and best loss per simulation (its `loss` series), from the
+    coarsest rollup level."""
     stats: dict[int, dict] = {}
-    rows = ConvergenceRollup.objects.filter(level=TOP_LEVEL, simulation_id__in=simulation_ids)
+    rows = ConvergenceRollup.objects.filter(
+        level=TOP_LEVEL, simulation_id__in=simulation_ids, series__metric=DEFAULT_METRIC
+    )
     for row in rows.order_by("simulation_id", "bucket"):
         entry = stats.setdefault(
             row.simulation_id, {"points": 0, "best_loss": row.min_loss, "last_step": None}
@@ -223,13 +373,15 @@ SNAPSHOT_MAX_POINTS = 2000
 
 
 def convergence_snapshot(*, simulation_id: int) -> dict | None:
-    """What a socket sends first: the simulation and its chart-ready history."""
+    """What a socket sends first: the simulation, its chart-ready loss history and the names
+    of its series."""
     from simulations.events import simulation_payload
 
     simulation = Simulation.objects.select_related("machine").filter(pk=simulation_id).first()
     if simulation is None:
         return None
     graph = convergence_graph(simulation_id=simulation_id, max_points=SNAPSHOT_MAX_POINTS)
+    metrics = ConvergenceSeries.objects.filter(simulation_id=simulation_id).order_by("metric")
     return {
         "type": "snapshot",
         "simulation": simulation_payload(simulation),
@@ -237,4 +389,89 @@ def convergence_snapshot(*, simulation_id: int) -> dict | None:
         "raw_points": graph["raw_points"],
         "downsampled": graph["downsampled"],
         "last_step": graph["to_step"],
+        "metrics": list(metrics.values_list("metric", flat=True)),
     }
+
+
+CSV_CHUNK_ROWS = 5000
+
+
+def _series_rows(simulation_id: int, series_id: int, chunk: int) -> Iterator[tuple]:
+    """Bare SQL: one series in step order, read in keyset chunks along the unique index (a
+    server-side cursor would hold a transaction open for the whole download)."""
+    after = -1
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                """
+                SELECT step, timestamp, loss_value FROM convergence_data
+                WHERE simulation_id = %s AND series_id = %s AND step > %s
+                ORDER BY step LIMIT %s
+                """,
+                [simulation_id, series_id, after, chunk],
+            )
+            rows = cursor.fetchall()
+        yield from rows
+        if len(rows) < chunk:
+            return
+        after = rows[-1][0]
+
+
+def _csv_timestamp(value) -> str:
+    if isinstance(value, str):  # SQLite returns text, in UTC
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.isoformat()
+
+
+def points_csv(*, simulation_id: int, metric: str | None = None) -> Iterator[bytes]:
+    """The points as CSV, in chunks of bytes, reading a few thousand rows at a time.
+
+    One metric: `step,timestamp,loss_value` rows of that series. None: the whole run in long
+    form, `step,metric,value,timestamp`, ordered by step then metric (each series is read in
+    step order and the series are merged)."""
+    _simulation_status(simulation_id)
+    series = ConvergenceSeries.objects.filter(simulation_id=simulation_id).order_by("metric")
+    if metric is not None:
+        series = series.filter(metric=metric)
+    names = list(series.values_list("id", "metric"))
+    return _csv_chunks(simulation_id, names, long_form=metric is None)
+
+
+def _csv_chunks(simulation_id: int, names: list[tuple[int, str]], *, long_form: bool):
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    if not long_form:
+        writer.writerow(["step", "timestamp", "loss_value"])
+        rows = (
+            (step, _csv_timestamp(stamp), repr(value))
+            for series_id, _ in names
+            for step, stamp, value in _series_rows(simulation_id, series_id, CSV_CHUNK_ROWS)
+        )
+    else:
+        writer.writerow(["step", "metric", "value", "timestamp"])
+        per_series = [
+            (
+                (step, metric, value, stamp)
+                for step, stamp, value in _series_rows(
+                    simulation_id, series_id, CSV_CHUNK_ROWS // max(len(names), 1) + 1
+                )
+            )
+            for series_id, metric in names
+        ]
+        rows = (
+            (step, metric, repr(value), _csv_timestamp(stamp))
+            for step, metric, value, stamp in heapq.merge(*per_series, key=_step_then_metric)
+        )
+    for row in rows:
+        writer.writerow(row)
+        if buffer.tell() >= 256 * 1024:
+            yield buffer.getvalue().encode()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue().encode()
+
+
+def _step_then_metric(row: tuple) -> tuple:
+    return row[0], row[1]

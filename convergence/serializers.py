@@ -1,34 +1,31 @@
 import math
+import re
 from datetime import UTC, datetime, timedelta
 
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 
+from convergence.models import DEFAULT_METRIC, METRIC_MAX_LENGTH, METRIC_PATTERN
 from convergence.selectors import GRAPH_DEFAULT_POINTS, GRAPH_MAX_POINTS, GRAPH_MIN_POINTS
-from convergence.services import MAX_BATCH_POINTS, Point
+from convergence.services import MAX_BATCH_POINTS, MAX_STEP, Point
 
-MAX_STEP = 2**31 - 1
 EARLIEST_TIMESTAMP = datetime(2000, 1, 1, tzinfo=UTC)
 FUTURE_TOLERANCE = timedelta(days=1)
 MAX_REPORTED_ERRORS = 20
 
 ERR_NOT_FINITE = "Must be a finite number (NaN and Infinity are not allowed)."
 ERR_TIMESTAMP_RANGE = "Must be between 2000-01-01 and one day from now."
-
-
-def validate_finite(value: float) -> float:
-    if not math.isfinite(value):
-        raise serializers.ValidationError(ERR_NOT_FINITE)
-    return value
-
-
-def validate_timestamp(value: datetime) -> datetime:
-    if timezone.is_naive(value):
-        value = value.replace(tzinfo=UTC)
-    if not EARLIEST_TIMESTAMP <= value <= timezone.now() + FUTURE_TOLERANCE:
-        raise serializers.ValidationError(ERR_TIMESTAMP_RANGE)
-    return value
+ERR_TIMESTAMP = "Must be an ISO 8601 date-time."
+ERR_STEP = f"Must be an integer from 0 to {MAX_STEP}."
+ERR_REQUIRED = "This field is required."
+ERR_SIMULATION_ID = "Must be an integer from 1 to 2**63 - 1."
+ERR_METRIC = "Must be 1 to 100 letters, digits, or _ . / - characters."
+ERR_VALUES = "Must be a non-empty object of metric names to numbers."
+ERR_VALUES_OR_LOSS = "Send either values, or loss_value (and metric), not both."
+ERR_SINGLE_VALUES = "A single point carries loss_value (and metric); use /points for values."
+ERR_TWICE = "Appears twice in this batch with different values."
+ERR_TOO_MANY_VALUES = f"At most {MAX_BATCH_POINTS} values per request."
+METRIC_HELP = 'Default "loss". 1-100 letters, digits, or _ . / - (e.g. val/loss, lr).'
 
 
 class PointSerializer(serializers.Serializer):
@@ -40,6 +37,15 @@ class PointSerializer(serializers.Serializer):
     step = serializers.IntegerField(read_only=True)
     timestamp = serializers.DateTimeField(read_only=True)
     loss_value = serializers.FloatField(read_only=True)
+    metric = serializers.CharField(read_only=True)
+
+
+class PointPageSerializer(serializers.Serializer):
+    """A cursor page of points (follow `next`)."""
+
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = PointSerializer(many=True)
 
 
 _POINT_SERIALIZER = PointSerializer()
@@ -52,13 +58,18 @@ def point_representation(point) -> dict:
 
 
 class PointInputSerializer(serializers.Serializer):
+    """Documents the single-point body; `parse_point` validates it (the batch's rules)."""
+
     simulation_id = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
-    loss_value = serializers.FloatField(validators=[validate_finite])
+    loss_value = serializers.FloatField(help_text="The value, whatever the metric; finite.")
+    metric = serializers.RegexField(
+        METRIC_PATTERN, max_length=METRIC_MAX_LENGTH, required=False, help_text=METRIC_HELP
+    )
     step = serializers.IntegerField(
         min_value=0, max_value=MAX_STEP, required=False, help_text="Omit to take the next step."
     )
     timestamp = serializers.DateTimeField(
-        required=False, validators=[validate_timestamp], help_text="Server time when omitted."
+        required=False, help_text="ISO 8601, 2000-01-01 to a day from now; server time if omitted."
     )
 
 
@@ -66,53 +77,18 @@ class BarePointInputSerializer(PointInputSerializer):
     simulation_id = None
 
 
-def parse_point(data, serializer_class=PointInputSerializer) -> dict:
-    """Validate a single-point body. The common case (integer ids and step, a finite number,
-    no or an ISO 8601 timestamp) skips building a serializer; anything else goes through
-    `serializer_class`, which also words the errors."""
-    fields = _fast_single_point(data, with_simulation=serializer_class is PointInputSerializer)
-    if fields is not None:
-        return fields
-    serializer = serializer_class(data=data)
-    serializer.is_valid(raise_exception=True)
-    return serializer.validated_data
-
-
-def _fast_single_point(data, *, with_simulation: bool) -> dict | None:
-    if type(data) is not dict:
-        return None
-    fields = {}
-    if with_simulation:
-        simulation_id = data.get("simulation_id")
-        if type(simulation_id) is not int or not 1 <= simulation_id < 2**63:
-            return None
-        fields["simulation_id"] = simulation_id
-    step, loss, stamp = data.get("step"), data.get("loss_value"), data.get("timestamp")
-    try:
-        if type(loss) is not float and type(loss) is not int or not math.isfinite(loss):
-            return None
-        fields["loss_value"] = float(loss)
-        timestamp = parse_datetime(stamp) if type(stamp) is str else None
-    except (OverflowError, ValueError):
-        return None
-    if "step" in data:
-        if type(step) is not int or not 0 <= step <= MAX_STEP:
-            return None
-        fields["step"] = step
-    if "timestamp" in data:
-        if timestamp is None:
-            return None
-        if timezone.is_naive(timestamp):
-            timestamp = timestamp.replace(tzinfo=UTC)
-        if not EARLIEST_TIMESTAMP <= timestamp <= timezone.now() + FUTURE_TOLERANCE:
-            return None
-        fields["timestamp"] = timestamp
-    return fields
-
-
 class BatchPointSerializer(serializers.Serializer):
     step = serializers.IntegerField(min_value=0, max_value=MAX_STEP)
-    loss_value = serializers.FloatField()
+    loss_value = serializers.FloatField(required=False, help_text="With `metric`, or `values`.")
+    metric = serializers.RegexField(
+        METRIC_PATTERN, max_length=METRIC_MAX_LENGTH, required=False, help_text=METRIC_HELP
+    )
+    values = serializers.DictField(
+        child=serializers.FloatField(),
+        required=False,
+        help_text='Several metrics at this step, e.g. {"loss": 0.31, "lr": 0.0003}; '
+        "instead of loss_value and metric.",
+    )
     timestamp = serializers.DateTimeField(required=False)
 
 
@@ -127,38 +103,155 @@ class BatchInputSerializer(serializers.Serializer):
 
 
 class BatchResultSerializer(serializers.Serializer):
-    stored = serializers.IntegerField()
-    duplicates = serializers.IntegerField()
+    stored = serializers.IntegerField(help_text="Values stored (a point with values: several).")
+    duplicates = serializers.IntegerField(help_text="Values already stored the same.")
 
 
-def _point_errors(item, now: datetime) -> tuple[dict, Point | None]:
-    errors: dict[str, list[str]] = {}
+# --- The one point validator, for single points and batches ------------------------------------
+
+_ABSENT = object()
+_valid_metric = re.compile(METRIC_PATTERN).fullmatch
+
+
+class InvalidPoint(serializers.ValidationError):
+    """A refused point; `nonfinite` is (metric, step) when a value was NaN or infinite."""
+
+    def __init__(self, detail, *, nonfinite=None):
+        super().__init__(detail)
+        self.nonfinite = nonfinite
+
+
+def _finite(value) -> bool:
+    if type(value) is not float and type(value) is not int:
+        return False
+    try:
+        return math.isfinite(value) and math.isfinite(float(value))
+    except OverflowError:  # an integer too large for a float: 10**400
+        return False
+
+
+def _fast_point(item, now: datetime, latest: datetime, step=_ABSENT) -> list[Point] | None:
+    """The common case, a valid point, with as little work as possible: its values as Points
+    (step None when absent); None means "look closer" (`_point_errors` says what is wrong)."""
+    if type(item) is not dict:
+        return None
+    try:
+        step = item.get("step", _ABSENT)
+        if step is _ABSENT:
+            step = None
+        elif type(step) is not int or not 0 <= step <= MAX_STEP:
+            return None
+        stamp = item.get("timestamp", _ABSENT)
+        if stamp is _ABSENT:
+            timestamp = now
+        else:
+            if type(stamp) is not str:
+                return None
+            timestamp = datetime.fromisoformat(stamp)
+            if timestamp.tzinfo is None:
+                timestamp = timestamp.replace(tzinfo=UTC)
+            if not EARLIEST_TIMESTAMP <= timestamp <= latest:
+                return None
+        values = item.get("values", _ABSENT)
+        if values is _ABSENT:
+            loss, metric = item["loss_value"], item.get("metric", DEFAULT_METRIC)
+            if not _finite(loss) or type(metric) is not str or not _valid_metric(metric):
+                return None
+            return [Point(step, float(loss), timestamp, metric)]
+        if type(values) is not dict or not values or "loss_value" in item or "metric" in item:
+            return None
+        points = []
+        for metric, value in values.items():
+            if not _finite(value) or not _valid_metric(metric):
+                return None
+            points.append(Point(step, float(value), timestamp, metric))
+        return points
+    except (TypeError, ValueError, KeyError, OverflowError):
+        return None
+
+
+def _point_errors(item, now: datetime, *, step_required: bool) -> tuple[dict, tuple | None]:
+    """Why `_fast_point` refused `item`: field errors, and (metric, step) of a non-finite
+    value."""
     if not isinstance(item, dict):
         return {"non_field_errors": ["Must be an object with step and loss_value."]}, None
-    step, loss, stamp = item.get("step"), item.get("loss_value"), item.get("timestamp")
-    if type(step) is not int or not 0 <= step <= MAX_STEP:
-        errors["step"] = [f"Must be an integer from 0 to {MAX_STEP}."]
-    if type(loss) not in (int, float) or not math.isfinite(loss):
-        errors["loss_value"] = [ERR_NOT_FINITE]
-    timestamp = now
-    if stamp is not None:
+    errors: dict[str, list[str]] = {}
+    nonfinite = None
+    step = item.get("step", _ABSENT)
+    if step is _ABSENT:
+        if step_required:
+            errors["step"] = [ERR_REQUIRED]
+    elif type(step) is not int or not 0 <= step <= MAX_STEP:
+        errors["step"] = [ERR_STEP]
+    stamp = item.get("timestamp", _ABSENT)
+    if stamp is not _ABSENT:
         try:
             timestamp = datetime.fromisoformat(stamp)
-        except (TypeError, ValueError):
-            errors["timestamp"] = ["Must be an ISO 8601 date-time."]
-        else:
             if timestamp.tzinfo is None:
                 timestamp = timestamp.replace(tzinfo=UTC)
             if not EARLIEST_TIMESTAMP <= timestamp <= now + FUTURE_TOLERANCE:
                 errors["timestamp"] = [ERR_TIMESTAMP_RANGE]
-    if errors:
-        return errors, None
-    return {}, Point(step, float(loss), timestamp)
+        except (TypeError, ValueError, OverflowError):
+            errors["timestamp"] = [ERR_TIMESTAMP]
+    step_for_guard = step if type(step) is int else None
+    values = item.get("values", _ABSENT)
+    if values is _ABSENT:
+        metric = item.get("metric", DEFAULT_METRIC)
+        if type(metric) is not str or not _valid_metric(metric):
+            errors["metric"] = [ERR_METRIC]
+        if "loss_value" not in item:
+            errors["loss_value"] = [ERR_REQUIRED]
+        elif not _finite(item["loss_value"]):
+            errors["loss_value"] = [ERR_NOT_FINITE]
+            if type(item["loss_value"]) in (int, float) and "metric" not in errors:
+                nonfinite = (metric, step_for_guard)
+    elif "loss_value" in item or "metric" in item:
+        errors["values"] = [ERR_VALUES_OR_LOSS]
+    elif type(values) is not dict or not values:
+        errors["values"] = [ERR_VALUES]
+    else:
+        bad = {}
+        for metric, value in values.items():
+            if not _valid_metric(metric):
+                bad[metric[:METRIC_MAX_LENGTH]] = [ERR_METRIC]
+            elif not _finite(value):
+                bad[metric] = [ERR_NOT_FINITE]
+                if type(value) in (int, float) and nonfinite is None:
+                    nonfinite = (metric, step_for_guard)
+        if bad:
+            errors["values"] = [bad]
+    return errors, nonfinite
+
+
+def parse_point(data, *, with_simulation: bool = True) -> dict:
+    """Validate a single-point body by the batch's rules (one validator for both): returns the
+    keyword arguments of `point_add` (simulation_id when `with_simulation`)."""
+    now = timezone.now()
+    fields = {}
+    errors: dict = {}
+    if with_simulation:
+        simulation_id = data.get("simulation_id") if isinstance(data, dict) else None
+        if type(simulation_id) is not int or not 1 <= simulation_id < 2**63:
+            errors["simulation_id"] = [ERR_SIMULATION_ID]
+        fields["simulation_id"] = simulation_id
+    points = _fast_point(data, now, now + FUTURE_TOLERANCE)
+    if points is None or "values" in data or errors:
+        point_errors, nonfinite = _point_errors(data, now, step_required=False)
+        if isinstance(data, dict) and "values" in data and "values" not in point_errors:
+            point_errors["values"] = [ERR_SINGLE_VALUES]
+        raise InvalidPoint({**errors, **point_errors}, nonfinite=nonfinite if not errors else None)
+    (point,) = points
+    fields.update(loss_value=point.loss_value, metric=point.metric)
+    if point.step is not None:
+        fields["step"] = point.step
+    if "timestamp" in data:
+        fields["timestamp"] = point.timestamp
+    return fields
 
 
 def parse_point_batch(data) -> list[Point]:
     """Validate a batch body fast; errors name the index of each bad point (the first 20).
-    The same rules as `validate_timestamp` and `validate_finite`, with the clock read once."""
+    Points in the `values` form become one Point per value; at most 10,000 values in all."""
     points = data.get("points") if isinstance(data, dict) else None
     if not isinstance(points, list) or not points:
         raise serializers.ValidationError({"points": ["A non-empty list of points is required."]})
@@ -167,48 +260,65 @@ def parse_point_batch(data) -> list[Point]:
             {"points": [f"At most {MAX_BATCH_POINTS} points per request; got {len(points)}."]}
         )
     parsed, errors, seen = [], {}, {}
+    nonfinite = None
     now = timezone.now()
     latest = now + FUTURE_TOLERANCE
     for index, item in enumerate(points):
-        point = _fast_point(item, now, latest)
-        item_errors = {} if point is not None else _point_errors(item, now)[0]
-        if point is not None and point.step in seen and seen[point.step] != point.loss_value:
-            item_errors = {"step": ["Appears twice in this batch with different loss values."]}
+        item_points = _fast_point(item, now, latest)
+        item_errors = {}
+        if item_points is None or item_points[0].step is None:
+            item_errors, item_nonfinite = _point_errors(item, now, step_required=True)
+            nonfinite = nonfinite or item_nonfinite
+        else:
+            for point in item_points:
+                key = (point.metric, point.step)
+                if key in seen and seen[key] != point.loss_value:
+                    item_errors = {"step": [ERR_TWICE]}
         if item_errors:
             errors[str(index)] = item_errors
             if len(errors) >= MAX_REPORTED_ERRORS:
                 break
             continue
-        if point.step not in seen:
-            seen[point.step] = point.loss_value
-            parsed.append(point)
+        for point in item_points:
+            key = (point.metric, point.step)
+            if key not in seen:
+                seen[key] = point.loss_value
+                parsed.append(point)
+        if len(parsed) > MAX_BATCH_POINTS:
+            raise serializers.ValidationError({"points": [ERR_TOO_MANY_VALUES]})
     if errors:
-        raise serializers.ValidationError({"points": errors})
+        raise InvalidPoint({"points": errors}, nonfinite=nonfinite)
     return parsed
 
 
-def _fast_point(item, now: datetime, latest: datetime) -> Point | None:
-    """The common case, a valid point, with as little work as possible; None means "look
-    closer" (`_point_errors` says what is wrong)."""
-    try:
-        step, loss, stamp = item["step"], item["loss_value"], item.get("timestamp")
-        if type(step) is not int or not 0 <= step <= MAX_STEP or not math.isfinite(loss):
-            return None
-        if type(loss) is not float and type(loss) is not int:
-            return None
-        if stamp is None:
-            return Point(step, float(loss), now)
-        timestamp = datetime.fromisoformat(stamp)
-    except (TypeError, ValueError, KeyError, AttributeError):
-        return None
-    if timestamp.tzinfo is None:
-        timestamp = timestamp.replace(tzinfo=UTC)
-    if not EARLIEST_TIMESTAMP <= timestamp <= latest:
-        return None
-    return Point(step, float(loss), timestamp)
+MAX_GRAPH_METRICS = 10
+MAX_COMPARE_SIMULATIONS = 20
 
 
-class GraphQuerySerializer(serializers.Serializer):
+class MetricField(serializers.RegexField):
+    def __init__(self, **kwargs):
+        kwargs.setdefault("default", DEFAULT_METRIC)
+        kwargs.setdefault("help_text", METRIC_HELP)
+        super().__init__(METRIC_PATTERN, max_length=METRIC_MAX_LENGTH, **kwargs)
+
+
+class CommaListField(serializers.CharField):
+    """`a,b,c` in a query string, each item validated by `item`, at most `max_items`."""
+
+    def __init__(self, *, item, max_items: int, **kwargs):
+        self.item, self.max_items = item, max_items
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        text = super().to_internal_value(data)
+        items = [part.strip() for part in text.split(",")]
+        if len(items) > self.max_items:
+            raise serializers.ValidationError(f"At most {self.max_items} items.")
+        values = [self.item.run_validation(part) for part in items]
+        return list(dict.fromkeys(values))  # in order, each once
+
+
+class WindowQuerySerializer(serializers.Serializer):
     max_points = serializers.IntegerField(
         min_value=GRAPH_MIN_POINTS, max_value=GRAPH_MAX_POINTS, default=GRAPH_DEFAULT_POINTS
     )
@@ -221,9 +331,42 @@ class GraphQuerySerializer(serializers.Serializer):
         return attrs
 
 
+class GraphQuerySerializer(WindowQuerySerializer):
+    metric = CommaListField(
+        item=MetricField(),
+        max_items=MAX_GRAPH_METRICS,
+        default=DEFAULT_METRIC,
+        help_text=f"One metric, or up to {MAX_GRAPH_METRICS} separated by commas.",
+    )
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        metric = attrs.pop("metric")
+        attrs["metrics"] = tuple([metric] if isinstance(metric, str) else metric)
+        return attrs
+
+
+class CompareQuerySerializer(WindowQuerySerializer):
+    simulations = CommaListField(
+        item=serializers.IntegerField(min_value=1, max_value=2**63 - 1),
+        max_items=MAX_COMPARE_SIMULATIONS,
+        help_text=f"Simulation ids separated by commas, at most {MAX_COMPARE_SIMULATIONS}.",
+    )
+    metric = MetricField()
+
+
 class StreamQuerySerializer(serializers.Serializer):
+    metric = MetricField()
     since_step = serializers.IntegerField(min_value=-1, max_value=MAX_STEP, default=-1)
     limit = serializers.IntegerField(min_value=1, max_value=10_000, default=10_000)
+
+
+class DataQuerySerializer(serializers.Serializer):
+    metric = MetricField(
+        required=False,
+        default=None,
+        help_text='JSON pages: default "loss". CSV: without it, every series in long form.',
+    )
 
 
 class GraphPointSerializer(serializers.Serializer):
@@ -231,10 +374,8 @@ class GraphPointSerializer(serializers.Serializer):
     loss = serializers.FloatField()
 
 
-class GraphSerializer(serializers.Serializer):
-    simulation_id = serializers.IntegerField()
-    status = serializers.CharField()
-    is_complete = serializers.BooleanField()
+class SeriesGraphSerializer(serializers.Serializer):
+    metric = serializers.CharField()
     from_step = serializers.IntegerField(allow_null=True)
     to_step = serializers.IntegerField(allow_null=True)
     raw_points = serializers.IntegerField(help_text="Points stored in the window.")
@@ -244,12 +385,65 @@ class GraphSerializer(serializers.Serializer):
     points = GraphPointSerializer(many=True)
 
 
+class GraphSerializer(SeriesGraphSerializer):
+    """One metric: its chart at the top level (as before); several: one chart per metric under
+    `series`, and no top-level chart fields."""
+
+    simulation_id = serializers.IntegerField()
+    status = serializers.CharField()
+    is_complete = serializers.BooleanField()
+    series = SeriesGraphSerializer(many=True, required=False)
+
+    def get_fields(self):
+        fields = super().get_fields()
+        for name in SeriesGraphSerializer._declared_fields:
+            fields[name].required = False
+        return fields
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        return {key: value for key, value in data.items() if key in instance}
+
+
+class CompareRunSerializer(SeriesGraphSerializer):
+    metric = None
+    simulation_id = serializers.IntegerField()
+    name = serializers.CharField()
+    status = serializers.CharField()
+    is_complete = serializers.BooleanField()
+    machine = serializers.IntegerField(allow_null=True)
+    machine_name = serializers.CharField(allow_null=True)
+
+
+class CompareSerializer(serializers.Serializer):
+    metric = serializers.CharField()
+    max_points = serializers.IntegerField()
+    simulations = CompareRunSerializer(many=True)
+
+
+class MetricSummarySerializer(serializers.Serializer):
+    metric = serializers.CharField()
+    points = serializers.IntegerField()
+    first_step = serializers.IntegerField()
+    last_step = serializers.IntegerField()
+    latest = serializers.FloatField()
+    min = serializers.FloatField()
+    max = serializers.FloatField()
+
+
+class MetricsSerializer(serializers.Serializer):
+    simulation_id = serializers.IntegerField()
+    status = serializers.CharField()
+    metrics = MetricSummarySerializer(many=True)
+
+
 class StreamPointSerializer(GraphPointSerializer):
     timestamp = serializers.DateTimeField()
 
 
 class StreamSerializer(serializers.Serializer):
     simulation_id = serializers.IntegerField()
+    metric = serializers.CharField()
     status = serializers.CharField()
     is_complete = serializers.BooleanField()
     since_step = serializers.IntegerField()

@@ -1,36 +1,39 @@
-"""Writes of convergence points. Every path keeps the step rollup current and broadcasts once,
-after commit, with the points it actually stored."""
+"""Writes of convergence points. A point belongs to (simulation, metric, step); every path is
+idempotent by (metric, step), keeps the step rollup current, hands the guards a summary of what
+it stored, and broadcasts once, after commit, with the points it actually stored."""
 
-import json
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
 
-from django.db import IntegrityError, connection, transaction
-from django.db.models import Max
+from django.db import connection, transaction
 from django.utils import timezone
 
-from convergence.models import ROLLUP_LEVELS, ConvergencePoint, rollup_width
+from convergence.models import DEFAULT_METRIC, ConvergencePoint
+from convergence.stores import Point, Stored, store
 from simsched.broadcast import broadcast, simulation_group
 from simsched.db import is_postgres
 from simsched.exceptions import ConflictError, NotFoundError
 from simulations import guards  # guards: the plateau/divergence check after each write
 from simulations.models import Simulation
 
-MAX_BATCH_POINTS = 10_000
+__all__ = ["MAX_BATCH_POINTS", "MAX_STEP", "Point", "IngestResult", "points_ingest", "point_add"]
+
+MAX_BATCH_POINTS = 10_000  # values per request, whatever the number of metrics
+MAX_STEP = 2**31 - 1
 
 ERR_SIMULATION_NOT_FOUND = "Simulation {simulation_id} does not exist."
 ERR_STEP_CONFLICT = "Step {step} is already stored with a different loss value."
+ERR_METRIC_STEP_CONFLICT = 'Step {step} of "{metric}" is already stored with a different value.'
 ERR_BATCH_CONFLICT = (
     "{count} step(s) are already stored with different loss values; nothing was stored."
 )
-
-
-class Point(NamedTuple):  # a tuple: ten thousand of them per request are built fast
-    step: int
-    loss_value: float
-    timestamp: datetime
+ERR_METRIC_BATCH_CONFLICT = (
+    "{count} step(s) of {metrics} are already stored with different values; nothing was stored."
+)
+ERR_STEPS_EXHAUSTED = (
+    'The series "{metric}" has reached the last step ({max_step}); send points with an '
+    "explicit step or start a new simulation."
+)
 
 
 @dataclass(frozen=True)
@@ -39,198 +42,7 @@ class IngestResult:
     duplicates: int
 
 
-# Constant SQL built from code constants (never from input): the rollup levels and widths.
-_LEVELS_CTE = "levels(level, width) AS (VALUES {})".format(
-    ", ".join(f"({level}, {rollup_width(level)})" for level in ROLLUP_LEVELS)
-)
-
-_ROLLUP_UPSERT = """
-    ON CONFLICT (simulation_id, level, bucket) DO UPDATE SET
-        count = convergence_rollup.count + excluded.count,
-        first_step = CASE WHEN excluded.first_step < convergence_rollup.first_step
-            THEN excluded.first_step ELSE convergence_rollup.first_step END,
-        first_loss = CASE WHEN excluded.first_step < convergence_rollup.first_step
-            THEN excluded.first_loss ELSE convergence_rollup.first_loss END,
-        last_step = CASE WHEN excluded.last_step > convergence_rollup.last_step
-            THEN excluded.last_step ELSE convergence_rollup.last_step END,
-        last_loss = CASE WHEN excluded.last_step > convergence_rollup.last_step
-            THEN excluded.last_loss ELSE convergence_rollup.last_loss END,
-        min_step = CASE WHEN excluded.min_loss < convergence_rollup.min_loss
-            THEN excluded.min_step ELSE convergence_rollup.min_step END,
-        min_loss = CASE WHEN excluded.min_loss < convergence_rollup.min_loss
-            THEN excluded.min_loss ELSE convergence_rollup.min_loss END,
-        max_step = CASE WHEN excluded.max_loss > convergence_rollup.max_loss
-            THEN excluded.max_step ELSE convergence_rollup.max_step END,
-        max_loss = CASE WHEN excluded.max_loss > convergence_rollup.max_loss
-            THEN excluded.max_loss ELSE convergence_rollup.max_loss END
-"""
-
-_ROLLUP_COLUMNS = """
-    INSERT INTO convergence_rollup (
-        simulation_id, level, bucket, count, first_step, first_loss, last_step, last_loss,
-        min_step, min_loss, max_step, max_loss
-    )
-"""
-
-# PostgreSQL: min/max over [key, value] arrays carry the value of the extreme row. The points
-# are grouped once into the finest buckets, and every level is built from those (ties resolve
-# to the smallest step either way), which is several times cheaper than grouping the points
-# once per level.
-_PG_FINEST = f"""
-    finest AS (
-        SELECT p.step / {rollup_width(ROLLUP_LEVELS[0])} AS bucket, count(*) AS n,
-            min(p.step) AS fs, (min(ARRAY[p.step::float8, p.loss_value]))[2] AS fl,
-            max(p.step) AS ls, (max(ARRAY[p.step::float8, p.loss_value]))[2] AS ll,
-            (min(ARRAY[p.loss_value, p.step::float8]))[2] AS mins, min(p.loss_value) AS minl,
-            -(max(ARRAY[p.loss_value, -p.step::float8]))[2] AS maxs, max(p.loss_value) AS maxl
-        FROM new AS p
-        GROUP BY 1
-    )
-"""
-_PG_ROLLUP_FROM_FINEST = f"""
-    {_ROLLUP_COLUMNS}
-    SELECT %s, lv.level, b.bucket / (lv.width / {rollup_width(ROLLUP_LEVELS[0])}), sum(b.n),
-        min(b.fs), (min(ARRAY[b.fs::float8, b.fl]))[2],
-        max(b.ls), (max(ARRAY[b.ls::float8, b.ll]))[2],
-        (min(ARRAY[b.minl, b.mins]))[2]::bigint, min(b.minl),
-        -(max(ARRAY[b.maxl, -b.maxs]))[2]::bigint, max(b.maxl)
-    FROM finest AS b
-    CROSS JOIN levels AS lv
-    GROUP BY lv.level, b.bucket / (lv.width / {rollup_width(ROLLUP_LEVELS[0])})
-    {_ROLLUP_UPSERT}
-"""
-
-# PostgreSQL: the insert and the rollup upsert are one statement (one round trip, the points
-# are sent once); only rows the insert stored reach the rollup, and the join on simulations
-# stores nothing for an unknown simulation instead of failing the transaction.
-_PG_INGEST = f"""
-    WITH {_LEVELS_CTE},
-    new AS (
-        INSERT INTO convergence_data (simulation_id, step, timestamp, loss_value)
-        SELECT sim.id, p.s, timestamptz 'epoch' + p.us * interval '1 microsecond', p.l
-        FROM simulations AS sim,
-            unnest(%s::bigint[], %s::bigint[], %s::float8[]) AS p(s, us, l)
-        WHERE sim.id = %s
-        ON CONFLICT (simulation_id, step) DO NOTHING
-        RETURNING id, step, loss_value
-    ),
-    {_PG_FINEST},
-    rolled AS ({_PG_ROLLUP_FROM_FINEST})
-    SELECT id, step FROM new
-"""
-
-
-def _pg_array(values, to_text) -> str:
-    """A PostgreSQL array literal. Sent as one text parameter: psycopg adapts Python lists
-    element by element in Python, which costs more than the database's insert."""
-    return "{" + ",".join(map(to_text, values)) + "}"
-
-
-# SQLite: no arrays, so window functions pick each bucket's extreme rows.
-_SQLITE_ROLLUP = f"""
-    WITH {_LEVELS_CTE},
-    points(s, l) AS (
-        SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(%s)
-    ),
-    ranked AS (
-        SELECT lv.level, p.s / lv.width AS bucket,
-            count(*) OVER w AS n,
-            first_value(p.s) OVER (w ORDER BY p.s) AS fs,
-            first_value(p.l) OVER (w ORDER BY p.s) AS fl,
-            first_value(p.s) OVER (w ORDER BY p.s DESC) AS ls,
-            first_value(p.l) OVER (w ORDER BY p.s DESC) AS ll,
-            first_value(p.s) OVER (w ORDER BY p.l, p.s) AS mins,
-            first_value(p.l) OVER (w ORDER BY p.l, p.s) AS minl,
-            first_value(p.s) OVER (w ORDER BY p.l DESC, p.s) AS maxs,
-            first_value(p.l) OVER (w ORDER BY p.l DESC, p.s) AS maxl,
-            row_number() OVER (w ORDER BY p.s) AS rn
-        FROM points AS p CROSS JOIN levels AS lv
-        WINDOW w AS (PARTITION BY lv.level, p.s / lv.width)
-    )
-    {_ROLLUP_COLUMNS}
-    SELECT %s, level, bucket, n, fs, fl, ls, ll, mins, minl, maxs, maxl FROM ranked WHERE rn = 1
-    {_ROLLUP_UPSERT}
-"""
-
-
-def _rollup_add(cursor, simulation_id: int, points: list[Point]) -> None:
-    """Bare SQL: one set-based upsert per batch keeps every level current; the ORM cannot.
-    (SQLite only: on PostgreSQL `_pg_insert_new` updates the rollup in the same statement.)"""
-    if not points:
-        return
-    rows = json.dumps([[p.step, p.loss_value] for p in points])
-    cursor.execute(_SQLITE_ROLLUP, [rows, simulation_id])
-
-
-def _sqlite_datetime(value: datetime) -> str:
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ")
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def _epoch_microseconds(value: datetime) -> str:
-    """Exact, and a third of the cost of isoformat() for ten thousand timestamps."""
-    return str((value - _EPOCH) // _MICROSECOND)
-
-
-def _pg_insert_new(cursor, simulation_id: int, points: list[Point]) -> list[tuple]:
-    """Bare SQL: insert the new points and fold them into the rollup in one statement.
-    Returns the stored rows as (id, step): the values stored are the ones sent (timestamps and
-    floats round-trip exactly), and loading 10,000 timestamps back would cost more than the
-    insert."""
-    cursor.execute(
-        _PG_INGEST,
-        [
-            _pg_array((p.step for p in points), str),
-            _pg_array((p.timestamp for p in points), _epoch_microseconds),
-            _pg_array((p.loss_value for p in points), repr),
-            simulation_id,
-            simulation_id,
-        ],
-    )
-    return cursor.fetchall()
-
-
-def _sqlite_insert_new(cursor, simulation_id: int, points: list[Point]) -> set[int]:
-    """Bare SQL: one multi-row INSERT ... ON CONFLICT DO NOTHING, then the rollup upsert for
-    what it stored; returns the steps it stored."""
-    rows = json.dumps([[p.step, _sqlite_datetime(p.timestamp), p.loss_value] for p in points])
-    cursor.execute(
-        """
-        INSERT INTO convergence_data (simulation_id, step, timestamp, loss_value)
-        SELECT %s, json_extract(value, '$[0]'), json_extract(value, '$[1]'),
-            json_extract(value, '$[2]')
-        FROM json_each(%s) WHERE true
-        ON CONFLICT (simulation_id, step) DO NOTHING
-        RETURNING step
-        """,
-        [simulation_id, rows],
-    )
-    stored_steps = {row[0] for row in cursor.fetchall()}
-    _rollup_add(cursor, simulation_id, [p for p in points if p.step in stored_steps])
-    return stored_steps
-
-
-def _insert_new(cursor, simulation_id: int, points: list[Point]) -> set[int]:
-    """Store the points not stored yet and keep the rollup current; returns the steps stored.
-    Raises NotFoundError for an unknown simulation."""
-    if is_postgres(connection):
-        stored_steps = {row[1] for row in _pg_insert_new(cursor, simulation_id, points)}
-        if not stored_steps:
-            _require_simulation(simulation_id)
-        return stored_steps
-    _require_simulation(simulation_id)
-    return _sqlite_insert_new(cursor, simulation_id, points)
-
-
-def _stored_losses(simulation_id: int, steps: list[int]) -> dict[int, float]:
-    found = ConvergencePoint.objects.filter(simulation_id=simulation_id, step__in=steps)
-    return dict(found.values_list("step", "loss_value"))
-
-
-def _same_loss(a: float, b: float) -> bool:
+def _same_value(a: float, b: float) -> bool:
     return a == b or math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
 
 
@@ -239,154 +51,241 @@ def _require_simulation(simulation_id: int) -> None:
         raise NotFoundError(ERR_SIMULATION_NOT_FOUND.format(simulation_id=simulation_id))
 
 
-def _run_guards(simulation_id: int, stored: list[Point]) -> None:
-    """guards: tell simulations.guards what a write stored (no query unless guards apply)."""
-    if stored and guards.watches_points(simulation_id):
-        guards.guards_on_points(simulation_id, [guards.summarize("loss", stored)])
+def _store(simulation_id: int, points: list[Point]) -> Stored:
+    """Insert what is new, creating the series the points name when they do not exist yet.
+    The caller holds a transaction when the points name a series that may be new."""
+    backend = store()
+    with connection.cursor() as cursor:
+        stored = backend.insert(cursor, simulation_id, points)
+        missing = sorted({p.metric for p in points} - stored.series.keys())
+        if not missing:
+            return stored
+        backend.create_series(cursor, simulation_id, missing)
+        rest = [p for p in points if p.metric in missing]
+        more = backend.insert(cursor, simulation_id, rest)
+    if more.series.keys() != set(missing):
+        _require_simulation(simulation_id)
+    return Stored({**stored.series, **more.series}, {**stored.points, **more.points})
 
 
-def _broadcast_points(simulation_id: int, points: list[Point]) -> None:
+def _after_store(simulation_id: int, points: list[Point]) -> None:
+    """Inside the write: the guards see a summary per metric, then the sockets get the points
+    (after commit)."""
     if not points:
         return
-    ordered = sorted(points, key=lambda p: p.step)
+    _guards_on_points(simulation_id, points)
+    ordered = sorted(points, key=lambda p: (p.step, p.metric))
     broadcast(
         simulation_group(simulation_id),
         {
             "type": "convergence.points",
             "simulation_id": simulation_id,
-            "points": [{"step": p.step, "loss": p.loss_value} for p in ordered],
+            "points": [_socket_point(p) for p in ordered],
         },
     )
 
 
+def _socket_point(point: Point) -> dict:
+    """`{"step", "loss"}` as before series existed; other metrics than loss are named."""
+    if point.metric == DEFAULT_METRIC:
+        return {"step": point.step, "loss": point.loss_value}
+    return {"step": point.step, "loss": point.loss_value, "metric": point.metric}
+
+
+def metric_summaries(points: list[Point]) -> list[tuple]:
+    """Per metric, in name order: (metric, last_step, last_value, min_value, min_step,
+    max_value) of `points`, the fields of `simulations.guards.MetricSummary`."""
+    summaries: dict[str, list] = {}
+    for p in points:
+        entry = summaries.get(p.metric)
+        if entry is None:
+            summaries[p.metric] = [
+                p.metric,
+                p.step,
+                p.loss_value,
+                p.loss_value,
+                p.step,
+                p.loss_value,
+            ]
+            continue
+        if p.step > entry[1]:
+            entry[1], entry[2] = p.step, p.loss_value
+        if p.loss_value < entry[3]:
+            entry[3], entry[4] = p.loss_value, p.step
+        entry[5] = max(entry[5], p.loss_value)
+    return [tuple(summaries[metric]) for metric in sorted(summaries)]
+
+
+def _guards_on_points(simulation_id: int, points: list[Point]) -> None:
+    """GUARDS HOOK (the one call site): the plateau/divergence guards see a summary per metric
+    of what the write stored; no query, nor summary, for a simulation without them."""
+    if guards.watches_points(simulation_id):
+        summaries = [guards.MetricSummary(*s) for s in metric_summaries(points)]
+        guards.guards_on_points(simulation_id, summaries)
+
+
 def points_ingest(*, simulation_id: int, points: list[Point]) -> IngestResult:
-    """Store a batch idempotently by step. A step already stored with the same loss counts as a
-    duplicate; one stored with a different loss rejects the whole batch (409), storing nothing."""
-    with transaction.atomic(), connection.cursor() as cursor:
-        stored_steps = _insert_new(cursor, simulation_id, points)
-        repeated = [p for p in points if p.step not in stored_steps]
-        if repeated:
-            _reject_conflicts(simulation_id, repeated)
-        stored = [p for p in points if p.step in stored_steps]
-        _run_guards(simulation_id, stored)  # guards
-        _broadcast_points(simulation_id, stored)
-    return IngestResult(stored=len(stored), duplicates=len(points) - len(stored))
+    """Store a batch idempotently by (metric, step). A value already stored the same counts as
+    a duplicate; one stored different rejects the whole batch (409, naming the series),
+    storing nothing."""
+    with transaction.atomic():
+        stored = _store(simulation_id, points)
+        if len(stored.points) < len(points):
+            if not stored.series:
+                _require_simulation(simulation_id)
+            _reject_conflicts(simulation_id, [p for p in points if _key(p) not in stored.points])
+        new = [p for p in points if _key(p) in stored.points]
+        _after_store(simulation_id, new)
+    return IngestResult(stored=len(new), duplicates=len(points) - len(new))
+
+
+def _key(point: Point) -> tuple[str, int]:
+    return point.metric, point.step
+
+
+def _stored_values(simulation_id: int, repeated: list[Point]) -> dict[tuple[str, int], float]:
+    found = ConvergencePoint.objects.filter(
+        simulation_id=simulation_id,
+        series__metric__in={p.metric for p in repeated},
+        step__in={p.step for p in repeated},
+    )
+    return {(m, s): v for m, s, v in found.values_list("series__metric", "step", "loss_value")}
 
 
 def _reject_conflicts(simulation_id: int, repeated: list[Point]) -> None:
-    existing = _stored_losses(simulation_id, [p.step for p in repeated])
+    existing = _stored_values(simulation_id, repeated)
     conflicts = [
-        {"step": p.step, "stored_loss": existing[p.step], "sent_loss": p.loss_value}
+        {
+            "metric": p.metric,
+            "step": p.step,
+            "stored_loss": existing[_key(p)],
+            "sent_loss": p.loss_value,
+        }
         for p in repeated
-        if p.step in existing and not _same_loss(existing[p.step], p.loss_value)
+        if _key(p) in existing and not _same_value(existing[_key(p)], p.loss_value)
     ]
-    if conflicts:
+    if not conflicts:
+        return
+    metrics = sorted({c["metric"] for c in conflicts})
+    if metrics == [DEFAULT_METRIC]:
+        message = ERR_BATCH_CONFLICT.format(count=len(conflicts))
+    else:
+        names = ", ".join(f'"{m}"' for m in metrics)
+        message = ERR_METRIC_BATCH_CONFLICT.format(count=len(conflicts), metrics=names)
+    raise ConflictError(
+        message,
+        code="step_conflict",
+        details={"metrics": metrics, "conflicts": conflicts[:100]},
+    )
+
+
+def _next_step(cursor, simulation_id: int, metric: str) -> int:
+    """The step after the series' last one, under the series' lock (created if new). A series
+    at the last step is a 409: a larger step could not be stored."""
+    backend = store()
+    series_id = backend.lock_series(cursor, simulation_id, metric)
+    if series_id is None:
+        backend.create_series(cursor, simulation_id, [metric])
+        series_id = backend.lock_series(cursor, simulation_id, metric)
+        if series_id is None:
+            raise NotFoundError(ERR_SIMULATION_NOT_FOUND.format(simulation_id=simulation_id))
+    cursor.execute(
+        "SELECT max(step) FROM convergence_data WHERE simulation_id = %s AND series_id = %s",
+        [simulation_id, series_id],
+    )
+    last = cursor.fetchone()[0]
+    if last is not None and last >= MAX_STEP:
         raise ConflictError(
-            ERR_BATCH_CONFLICT.format(count=len(conflicts)),
-            code="step_conflict",
-            details={"conflicts": conflicts[:100]},
+            ERR_STEPS_EXHAUSTED.format(metric=metric, max_step=MAX_STEP),
+            code="steps_exhausted",
+            details={"metric": metric, "last_step": last},
         )
-
-
-def _next_step(simulation_id: int) -> int:
-    """The step after the last stored one; the caller holds the simulation's row lock."""
-    last = ConvergencePoint.objects.filter(simulation_id=simulation_id).aggregate(m=Max("step"))[
-        "m"
-    ]
     return 0 if last is None else last + 1
 
 
-def _lock_simulation(simulation_id: int) -> None:
-    if not Simulation.objects.select_for_update().filter(pk=simulation_id).exists():
-        raise NotFoundError(ERR_SIMULATION_NOT_FOUND.format(simulation_id=simulation_id))
-
-
 def point_add(
-    *, simulation_id: int, loss_value: float, step: int | None = None, timestamp=None
+    *,
+    simulation_id: int,
+    loss_value: float,
+    step: int | None = None,
+    timestamp=None,
+    metric: str = DEFAULT_METRIC,
 ) -> tuple[ConvergencePoint, bool]:
-    """Store one point. Returns (point, created); re-sending a stored step with the same loss
-    returns the stored point, with a different loss it is a 409."""
+    """Store one point. Returns (point, created); re-sending a stored step with the same value
+    returns the stored point, with a different value it is a 409.
+
+    The hot path: on PostgreSQL a point with a step is one statement in autocommit (the series
+    lock, the insert and the rollup), one round trip, as long as its series exists."""
+    timestamp = timestamp or timezone.now()
     if step is not None and is_postgres(connection):
-        return _pg_point_add(simulation_id, step, loss_value, timestamp or timezone.now())
+        point = Point(step, loss_value, timestamp, metric)
+        with connection.cursor() as cursor:
+            stored = store().insert(cursor, simulation_id, [point])
+        if stored.series:  # the series exists: that one statement was the whole write
+            return _single_point_result(simulation_id, point, stored)
     with transaction.atomic():
         if step is None:
-            _lock_simulation(simulation_id)  # serializes step assignment per simulation
-            step = _next_step(simulation_id)
-        else:
+            with connection.cursor() as cursor:
+                step = _next_step(cursor, simulation_id, metric)
+        point = Point(step, loss_value, timestamp, metric)
+        return _single_point_result(simulation_id, point, _store(simulation_id, [point]))
+
+
+def _single_point_result(simulation_id: int, point: Point, stored: Stored):
+    point_id = stored.points.get(_key(point))
+    if point_id is None:
+        if not stored.series:
             _require_simulation(simulation_id)
-        point = ConvergencePoint(
-            simulation_id=simulation_id,
-            step=step,
-            loss_value=loss_value,
-            timestamp=timestamp or timezone.now(),
-        )
-        if is_postgres(connection):
-            return _pg_point_add(simulation_id, step, loss_value, point.timestamp)
-        try:
-            with transaction.atomic():
-                point.save(force_insert=True)
-        except IntegrityError:
-            return _existing_point(simulation_id, step, loss_value), False
-        stored = Point(point.step, point.loss_value, point.timestamp)
-        with connection.cursor() as cursor:
-            _rollup_add(cursor, simulation_id, [stored])
-        _run_guards(simulation_id, [stored])  # guards
-        _broadcast_points(simulation_id, [stored])
-    return point, True
-
-
-def _pg_point_add(simulation_id, step, loss_value, timestamp) -> tuple[ConvergencePoint, bool]:
-    """One statement, so one round trip and no savepoint: the request's hot path."""
-    with connection.cursor() as cursor:
-        rows = _pg_insert_new(cursor, simulation_id, [Point(step, loss_value, timestamp)])
-    if not rows:
-        _require_simulation(simulation_id)
-        return _existing_point(simulation_id, step, loss_value), False
-    point_id = rows[0][0]
-    _run_guards(simulation_id, [Point(step, loss_value, timestamp)])  # guards
-    _broadcast_points(simulation_id, [Point(step, loss_value, timestamp)])
-    point = ConvergencePoint(
+        return _existing_point(simulation_id, point), False
+    _after_store(simulation_id, [point])
+    row = ConvergencePoint(
         id=point_id,
         simulation_id=simulation_id,
-        step=step,
-        loss_value=loss_value,
-        timestamp=timestamp,
+        series_id=stored.series[point.metric],
+        step=point.step,
+        loss_value=point.loss_value,
+        timestamp=point.timestamp,
     )
-    return point, True
+    row.metric = point.metric
+    return row, True
 
 
-def _existing_point(simulation_id: int, step: int, loss_value: float) -> ConvergencePoint:
-    existing = ConvergencePoint.objects.get(simulation_id=simulation_id, step=step)
-    if not _same_loss(existing.loss_value, loss_value):
+def _existing_point(simulation_id: int, point: Point) -> ConvergencePoint:
+    existing = ConvergencePoint.objects.get(
+        simulation_id=simulation_id, series__metric=point.metric, step=point.step
+    )
+    existing.metric = point.metric
+    if not _same_value(existing.loss_value, point.loss_value):
+        template = ERR_STEP_CONFLICT if point.metric == DEFAULT_METRIC else ERR_METRIC_STEP_CONFLICT
         raise ConflictError(
-            ERR_STEP_CONFLICT.format(step=step),
+            template.format(step=point.step, metric=point.metric),
             code="step_conflict",
-            details={"step": step, "stored_loss": existing.loss_value, "sent_loss": loss_value},
+            details={
+                "metric": point.metric,
+                "step": point.step,
+                "stored_loss": existing.loss_value,
+                "sent_loss": point.loss_value,
+            },
         )
     return existing
 
 
 def point_add_bare_sql(
-    *, simulation_id: int, loss_value: float, step: int | None = None, timestamp=None
+    *,
+    simulation_id: int,
+    loss_value: float,
+    step: int | None = None,
+    timestamp=None,
+    metric: str = DEFAULT_METRIC,
 ) -> tuple[ConvergencePoint, bool]:
-    """Bare SQL by design (the original API's raw insert path): same rules as `point_add`."""
+    """Bare SQL by design (the original API's raw insert path): same rules as `point_add`,
+    always inside one transaction."""
     with transaction.atomic():
         if step is None:
-            _lock_simulation(simulation_id)
-            step = _next_step(simulation_id)
-        try:
-            result = points_ingest(
-                simulation_id=simulation_id,
-                points=[Point(step, loss_value, timestamp or timezone.now())],
-            )
-        except ConflictError as exc:  # answer as the single-point endpoint does
-            raise ConflictError(
-                ERR_STEP_CONFLICT.format(step=step),
-                code="step_conflict",
-                details=exc.details["conflicts"][0],
-            ) from exc
-    point = ConvergencePoint.objects.get(simulation_id=simulation_id, step=step)
-    return point, result.stored == 1
+            with connection.cursor() as cursor:
+                step = _next_step(cursor, simulation_id, metric)
+        point = Point(step, loss_value, timestamp or timezone.now(), metric)
+        return _single_point_result(simulation_id, point, _store(simulation_id, [point]))
 
 
 def simulated_run_tick(*, simulation_id: int, curve, first_step: int, count: int) -> str:
@@ -401,5 +300,12 @@ def simulated_run_tick(*, simulation_id: int, curve, first_step: int, count: int
     return Simulation.objects.values_list("status", flat=True).get(pk=simulation_id)
 
 
-def next_free_step(simulation_id: int) -> int:
-    return _next_step(simulation_id)
+def next_free_step(simulation_id: int, metric: str = DEFAULT_METRIC) -> int:
+    """The step after the series' last one (0 for a new series), read without a lock."""
+    last = (
+        ConvergencePoint.objects.filter(simulation_id=simulation_id, series__metric=metric)
+        .order_by("-step")
+        .values_list("step", flat=True)
+        .first()
+    )
+    return 0 if last is None else last + 1

@@ -1,25 +1,30 @@
-import csv
-
+from django.db.models import CharField, Value
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.pagination import CursorPagination
 from rest_framework.parsers import JSONParser
 from rest_framework.renderers import BaseRenderer
 from rest_framework.response import Response
 
 from convergence import selectors, services
-from convergence.models import ConvergencePoint
+from convergence.models import DEFAULT_METRIC, ConvergencePoint
 from convergence.serializers import (
     BarePointInputSerializer,
     BatchInputSerializer,
     BatchResultSerializer,
+    CompareQuerySerializer,
+    CompareSerializer,
+    DataQuerySerializer,
     GraphQuerySerializer,
     GraphSerializer,
+    InvalidPoint,
+    MetricsSerializer,
     PointInputSerializer,
+    PointPageSerializer,
     PointSerializer,
     StreamQuerySerializer,
     StreamSerializer,
@@ -27,21 +32,40 @@ from convergence.serializers import (
     parse_point_batch,
     point_representation,
 )
+from convergence.services import MAX_STEP
 from simsched.exceptions import NotFoundError
 from simulations import guards  # guards: a refused non-finite value may stop the run
 from simulations.models import Simulation
-from simulations.permissions import ERR_REPORT, can_report_for
+from simulations.permissions import ERR_REPORT, can_read_simulation, can_report_for
 from simulations.selectors import WriteAccess, simulation_write_access
 
 SIMULATION_ID = OpenApiParameter("simulation_id", int, OpenApiParameter.PATH)
 CSV_EXPORT_CHUNK = 5000
+ERR_SIMULATION_NOT_FOUND = "Simulation {simulation_id} does not exist."
+ERR_INVALID_CURSOR = "Invalid cursor: use the next or previous link of a page."
+ERR_MAY_NOT_READ = "You may not read simulation {simulation_id}."
 
 
 class StepCursorPagination(CursorPagination):
+    """Keyset pages by step. A cursor that does not decode to one is a 400, not a 500."""
+
     ordering = "step"
     page_size = 1000
     page_size_query_param = "limit"
     max_page_size = 10_000
+
+    def decode_cursor(self, request):
+        try:
+            cursor = super().decode_cursor(request)
+        except NotFound as exc:
+            raise ValidationError({"cursor": [ERR_INVALID_CURSOR]}) from exc
+        if cursor is None:
+            return None
+        position = cursor.position
+        if position is not None:
+            if not (position.isascii() and position.isdigit()) or int(position) > MAX_STEP:
+                raise ValidationError({"cursor": [ERR_INVALID_CURSOR]})
+        return cursor
 
 
 class CSVRenderer(BaseRenderer):
@@ -52,18 +76,6 @@ class CSVRenderer(BaseRenderer):
 
     def render(self, data, accepted_media_type=None, renderer_context=None):
         return data if isinstance(data, bytes) else str(data).encode()
-
-
-class _Echo:
-    def write(self, value):
-        return value
-
-
-def _csv_rows(queryset):
-    writer = csv.writer(_Echo())
-    yield writer.writerow(["step", "timestamp", "loss_value"])
-    for step, timestamp, loss in queryset.iterator(chunk_size=CSV_EXPORT_CHUNK):
-        yield writer.writerow([step, timestamp.isoformat(), repr(loss)])
 
 
 class NonFiniteJSONParser(JSONParser):  # guards
@@ -93,19 +105,42 @@ class ConvergenceViewSet(viewsets.ViewSet):
     def _simulation_for_write(self, simulation_id) -> WriteAccess:
         simulation = simulation_write_access(simulation_id=simulation_id)
         if simulation is None:
-            raise NotFoundError(f"Simulation {simulation_id} does not exist.")
+            raise NotFoundError(ERR_SIMULATION_NOT_FOUND.format(simulation_id=simulation_id))
         if not can_report_for(self.request.user, simulation):
             raise PermissionDenied(ERR_REPORT)
         return simulation
 
+    def _parse_checked(self, parse, data, simulation_id):
+        """Parse a write; a refused non-finite value is first shown to the nan guard."""
+        try:
+            return parse(data)
+        except InvalidPoint as exc:
+            if exc.nonfinite is not None and simulation_id is not None:
+                self._nonfinite(exc, simulation_id)
+            raise
+
+    def _nonfinite(self, exc: InvalidPoint, simulation_id) -> None:
+        """GUARDS HOOK (the one call site): once `simulations/guards.py` lands, call
+        `guards_on_nonfinite(simulation_id, metric, step, user)` for a simulation the caller
+        may write, and say in the 400 when it stopped the run."""
+        return None
+
     @extend_schema(
         request=PointInputSerializer,
-        responses={201: PointSerializer, 200: OpenApiResponse(PointSerializer, "Already stored")},
-        summary="Store one point (idempotent by step)",
+        responses={
+            201: PointSerializer,
+            200: OpenApiResponse(PointSerializer, "Already stored"),
+        },
+        summary="Store one point (idempotent by metric and step)",
+        description="Without `step` the server takes the series' next one (a retry of such a "
+        "point cannot be recognised and stores it again).",
     )
     @action(detail=False, methods=["post"], url_path="data")
     def add_point(self, request):
-        data = parse_point(request.data)
+        simulation_id = (
+            request.data.get("simulation_id") if isinstance(request.data, dict) else None
+        )
+        data = self._parse_checked(parse_point, request.data, simulation_id)
         self._simulation_for_write(data["simulation_id"])
         point, created = services.point_add(**data)
         return Response(
@@ -116,12 +151,17 @@ class ConvergenceViewSet(viewsets.ViewSet):
     @extend_schema(
         parameters=[SIMULATION_ID],
         request=BarePointInputSerializer,
-        responses={201: PointSerializer, 200: OpenApiResponse(PointSerializer, "Already stored")},
+        responses={
+            201: PointSerializer,
+            200: OpenApiResponse(PointSerializer, "Already stored"),
+        },
         summary="Store one point with bare SQL",
     )
     @action(detail=True, methods=["post"], url_path="add-bare-sql")
     def add_bare_sql(self, request, simulation_id=None):
-        data = parse_point(request.data, BarePointInputSerializer)
+        data = self._parse_checked(
+            lambda body: parse_point(body, with_simulation=False), request.data, simulation_id
+        )
         self._simulation_for_write(simulation_id)
         point, created = services.point_add_bare_sql(simulation_id=int(simulation_id), **data)
         return Response(
@@ -132,25 +172,34 @@ class ConvergenceViewSet(viewsets.ViewSet):
     @extend_schema(
         parameters=[SIMULATION_ID],
         request=BatchInputSerializer,
-        responses={
-            200: BatchResultSerializer,
-            400: OpenApiResponse(description="Invalid points, or more than 10,000"),
-            409: OpenApiResponse(description="A step is stored with a different loss"),
-            413: OpenApiResponse(description="Body larger than MAX_REQUEST_BYTES (4 MiB)"),
-        },
-        summary="Store up to 10,000 points (idempotent by step)",
-        description="At most 10,000 points and 4 MiB per request. Re-sending stores nothing twice.",
+        responses={200: BatchResultSerializer},
+        summary="Store up to 10,000 values (idempotent by metric and step)",
+        description="Each point is `{step, loss_value, metric?, timestamp?}` or `{step, values: "
+        "{metric: value, ...}, timestamp?}`. At most 10,000 values and 4 MiB per request. "
+        "Re-sending stores nothing twice; a value stored different rejects the whole request "
+        "(409 naming the series).",
     )
     @action(detail=True, methods=["post"], url_path="points")
     def add_points(self, request, simulation_id=None):
-        points = parse_point_batch(request.data)
+        points = self._parse_checked(parse_point_batch, request.data, simulation_id)
         self._simulation_for_write(simulation_id)
         result = services.points_ingest(simulation_id=int(simulation_id), points=points)
         return Response({"stored": result.stored, "duplicates": result.duplicates})
 
     @extend_schema(
+        parameters=[SIMULATION_ID],
+        responses={200: MetricsSerializer},
+        summary="The simulation's series, each with points, first and last step, latest, min, max",
+    )
+    @action(detail=True, methods=["get"])
+    def metrics(self, request, simulation_id=None):
+        return Response(
+            MetricsSerializer(selectors.simulation_metrics(simulation_id=int(simulation_id))).data
+        )
+
+    @extend_schema(
         parameters=[SIMULATION_ID, GraphQuerySerializer],
-        responses=GraphSerializer,
+        responses={200: GraphSerializer},
         summary="Chart points, downsampled keeping every bucket's min, max, first and last",
     )
     @action(detail=True, methods=["get"])
@@ -163,8 +212,30 @@ class ConvergenceViewSet(viewsets.ViewSet):
         return Response(GraphSerializer(graph).data)
 
     @extend_schema(
+        parameters=[CompareQuerySerializer],
+        responses={200: CompareSerializer},
+        summary="One metric of up to 20 simulations, each downsampled as the graph is",
+        description="Every simulation named must exist (404) and be readable (403); none is "
+        "silently dropped.",
+    )
+    @action(detail=False, methods=["get"])
+    def compare(self, request):
+        query = CompareQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        options = dict(query.validated_data)
+        simulation_ids = options.pop("simulations")
+        found = Simulation.objects.in_bulk(simulation_ids)
+        for simulation_id in simulation_ids:
+            if simulation_id not in found:
+                raise NotFoundError(ERR_SIMULATION_NOT_FOUND.format(simulation_id=simulation_id))
+            if not can_read_simulation(request.user, found[simulation_id]):
+                raise PermissionDenied(ERR_MAY_NOT_READ.format(simulation_id=simulation_id))
+        compare = selectors.convergence_compare(simulation_ids=simulation_ids, **options)
+        return Response(CompareSerializer(compare).data)
+
+    @extend_schema(
         parameters=[SIMULATION_ID, StreamQuerySerializer],
-        responses=StreamSerializer,
+        responses={200: StreamSerializer},
         summary="Points after since_step, for incremental polling and backfill",
     )
     @action(detail=True, methods=["get"])
@@ -177,12 +248,22 @@ class ConvergenceViewSet(viewsets.ViewSet):
     @extend_schema(
         parameters=[
             SIMULATION_ID,
+            DataQuerySerializer,
+            OpenApiParameter("cursor", str, description="From a page's next/previous link."),
+            OpenApiParameter("limit", int, description="Points per page (1,000; at most 10,000)."),
             OpenApiParameter(
                 "format", str, enum=["json", "csv"], description="csv streams the whole run"
             ),
         ],
-        responses={200: PointSerializer(many=True), (200, "text/csv"): OpenApiTypes.STR},
-        summary="All points in step order, cursor-paginated, or the whole run as CSV",
+        responses={
+            200: PointPageSerializer,
+            (200, "text/csv"): OpenApiResponse(
+                OpenApiTypes.STR,
+                description="`step,timestamp,loss_value` for one metric; without `metric`, "
+                "every series in long form `step,metric,value,timestamp`.",
+            ),
+        },
+        summary="One series' points in step order, cursor-paginated, or the run as CSV",
     )
     @action(
         detail=True,
@@ -190,16 +271,22 @@ class ConvergenceViewSet(viewsets.ViewSet):
         renderer_classes=[*viewsets.ViewSet.renderer_classes, CSVRenderer],
     )
     def data(self, request, simulation_id=None):
-        if not Simulation.objects.filter(pk=simulation_id).exists():
-            raise NotFoundError(f"Simulation {simulation_id} does not exist.")
-        points = ConvergencePoint.objects.filter(simulation_id=simulation_id)
+        query = DataQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        metric = query.validated_data["metric"]
         if request.accepted_renderer.format == "csv":
-            rows = points.order_by("step").values_list("step", "timestamp", "loss_value")
-            response = StreamingHttpResponse(_csv_rows(rows), content_type="text/csv")
+            chunks = selectors.points_csv(simulation_id=int(simulation_id), metric=metric)
+            response = StreamingHttpResponse(chunks, content_type="text/csv")
             response["Content-Disposition"] = (
                 f'attachment; filename="simulation-{simulation_id}.csv"'
             )
             return response
+        if not Simulation.objects.filter(pk=simulation_id).exists():
+            raise NotFoundError(ERR_SIMULATION_NOT_FOUND.format(simulation_id=simulation_id))
+        metric = metric or DEFAULT_METRIC
+        points = ConvergencePoint.objects.filter(
+            simulation_id=simulation_id, series__metric=metric
+        ).annotate(metric=Value(metric, output_field=CharField()))
         paginator = StepCursorPagination()
         page = paginator.paginate_queryset(points, request, view=self)
         return paginator.get_paginated_response(PointSerializer(page, many=True).data)

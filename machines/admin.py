@@ -1,12 +1,15 @@
 from django.contrib import admin, messages
+from django.db import transaction
 
 from machines import services
 from machines.models import Machine
+from machines.permissions import can_change_fleet
+from simsched.admin import ServiceModelAdmin
 from simulations.models import Simulation
 
 
 @admin.register(Machine)
-class MachineAdmin(admin.ModelAdmin):
+class MachineAdmin(ServiceModelAdmin):
     list_display = [
         "name",
         "status",
@@ -22,6 +25,15 @@ class MachineAdmin(admin.ModelAdmin):
     ordering = ["name"]
     readonly_fields = ["status", "agent_user", "created_at", "updated_at"]
     actions = ["put_into_maintenance", "make_available"]
+
+    def has_add_permission(self, request):
+        return can_change_fleet(request.user) and super().has_add_permission(request)
+
+    def has_change_permission(self, request, obj=None):
+        return can_change_fleet(request.user) and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return can_change_fleet(request.user) and super().has_delete_permission(request, obj)
 
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("simulations")
@@ -39,9 +51,10 @@ class MachineAdmin(admin.ModelAdmin):
             fields = {f: form.cleaned_data[f] for f in form.cleaned_data}
             obj.pk = services.machine_create(**fields).pk
 
-    def delete_model(self, request, obj):
-        services.machine_delete(machine=obj)
+    def delete_with_service(self, obj):
+        services.machine_delete(machine=obj)  # its agent account and token go with it
 
+    @transaction.atomic
     def _set_status(self, request, queryset, status):
         for machine in queryset:
             services.machine_set_status(machine=machine, status=status)

@@ -5,6 +5,12 @@ from machines.models import Machine
 
 class MachineSerializer(serializers.ModelSerializer):
     current_simulation = serializers.SerializerMethodField()
+    status = serializers.ChoiceField(
+        choices=Machine.Status.choices,
+        required=False,
+        help_text="available or maintenance, as PATCH /machines/{id}/status (busy is the "
+        "scheduler's).",
+    )
 
     class Meta:
         model = Machine
@@ -22,7 +28,7 @@ class MachineSerializer(serializers.ModelSerializer):
             "created_at",
             "updated_at",
         ]
-        read_only_fields = ["status", "created_at", "updated_at"]
+        read_only_fields = ["created_at", "updated_at"]
         extra_kwargs = {
             "memory": {"min_value": 1, "max_value": 1_000_000},
             "cpu_cores": {"min_value": 1, "max_value": 100_000},
@@ -54,5 +60,6 @@ class UtilisationSerializer(serializers.Serializer):
     maintenance = serializers.IntegerField()
     utilisation = serializers.FloatField(help_text="Busy share of machines not in maintenance.")
     gpu_utilisation = serializers.FloatField()
-    busy_hourly_cost = serializers.DecimalField(max_digits=12, decimal_places=2)
-    idle_hourly_cost = serializers.DecimalField(max_digits=12, decimal_places=2)
+    # Sums over the fleet: no digit cap (a cap turned a large fleet's total into a 500).
+    busy_hourly_cost = serializers.DecimalField(max_digits=None, decimal_places=2)
+    idle_hourly_cost = serializers.DecimalField(max_digits=None, decimal_places=2)

@@ -1,7 +1,7 @@
 """Writes to the fleet."""
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.db.models.deletion import ProtectedError
 
@@ -15,7 +15,21 @@ from simulations.selectors import fits
 ERR_BUSY_BY_HAND = "'busy' is set by the scheduler; set 'available' or 'maintenance'."
 ERR_SHRINK = "Machine {name} would no longer fit the simulations running on or pinned to it."
 ERR_DELETE_WITH_SIMULATIONS = "Machine {name} has simulations; it cannot be deleted."
+ERR_NAME_TAKEN = "Machine with this Name already exists."  # as full_clean words it
 AGENT_USERNAME = "agent-{name}"
+
+
+def _save_unique(machine: Machine) -> None:
+    """full_clean checked the name is free, but a concurrent write may take it before this
+    insert commits: the database's unique constraint then says no, and so do we, as a 400."""
+    try:
+        with transaction.atomic():  # a savepoint: the outer transaction stays usable
+            machine.save()
+    except IntegrityError:
+        taken = Machine.objects.filter(name=machine.name).exclude(pk=machine.pk).exists()
+        if not taken:
+            raise
+        raise ApplicationError(ERR_NAME_TAKEN, fields={"name": [ERR_NAME_TAKEN]}) from None
 
 
 @transaction.atomic
@@ -24,7 +38,7 @@ def machine_create(**fields) -> Machine:
     if machine.status == Machine.Status.BUSY:
         raise ApplicationError(ERR_BUSY_BY_HAND, fields={"status": [ERR_BUSY_BY_HAND]})
     machine.full_clean()
-    machine.save()
+    _save_unique(machine)
     machine_changed(machine)
     request_assignment()
     return machine
@@ -32,14 +46,21 @@ def machine_create(**fields) -> Machine:
 
 @transaction.atomic
 def machine_update(*, machine: Machine, data: dict) -> Machine:
+    """Edits; a `status` in `data` goes through machine_set_status, as /status does."""
+    data = dict(data)
+    status = data.pop("status", None)
+    if status == Machine.Status.BUSY:
+        raise ApplicationError(ERR_BUSY_BY_HAND, fields={"status": [ERR_BUSY_BY_HAND]})
     machine = Machine.objects.select_for_update().get(pk=machine.pk)
     for field, value in data.items():
         setattr(machine, field, value)
     machine.full_clean()
     _check_still_fits(machine)
-    machine.save()
+    _save_unique(machine)
     machine_changed(machine)
     request_assignment()  # more capacity may fit waiting work
+    if status is not None:
+        machine = machine_set_status(machine=machine, status=status)
     return machine
 
 
@@ -98,14 +119,21 @@ def machine_delete(*, machine: Machine) -> None:
         ) from exc
 
 
+def _free_agent_username(machine: Machine) -> str:
+    """agent-<name>, or agent-<name>-<id> when a person already has that username."""
+    users = get_user_model().objects
+    username = AGENT_USERNAME.format(name=machine.name)[:150]
+    if users.filter(username=username).exists():
+        username = f"{username[:130]}-{machine.pk}"
+    return username
+
+
 @transaction.atomic
 def machine_agent_user(*, machine: Machine):
     """The account the machine's agent authenticates as, created on first use."""
     machine = Machine.objects.select_for_update().get(pk=machine.pk)
     if machine.agent_user_id is None:
-        user = get_user_model().objects.create_user(
-            username=AGENT_USERNAME.format(name=machine.name)[:150]
-        )
+        user = get_user_model().objects.create_user(username=_free_agent_username(machine))
         user.set_unusable_password()
         user.save(update_fields=["password"])
         machine.agent_user = user

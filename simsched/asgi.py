@@ -10,6 +10,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from convergence.routing import websocket_urlpatterns as convergence_sockets  # noqa: E402
 from simsched.broadcast import DeferredBroadcasts  # noqa: E402
+from simsched.observability.sockets import CountedSockets  # noqa: E402
 from simsched.socket_auth import SocketAuthStack  # noqa: E402
 from simulations.routing import websocket_urlpatterns as simulation_sockets  # noqa: E402
 
@@ -17,7 +18,9 @@ application = DeferredBroadcasts(
     ProtocolTypeRouter(
         {
             "http": http_application,
-            "websocket": SocketAuthStack(URLRouter([*convergence_sockets, *simulation_sockets])),
+            "websocket": CountedSockets(
+                SocketAuthStack(URLRouter([*convergence_sockets, *simulation_sockets]))
+            ),
         }
     )
 )

@@ -1,6 +1,6 @@
-"""The HTTP side of the ASGI application: Django's handler, minus two per-request costs.
+"""The HTTP side of the ASGI application: Django's handler, minus three per-request costs.
 
-Every view here is synchronous (the ORM is), and under ASGI Django pays for that twice:
+Every view here is synchronous (the ORM is), and under ASGI Django pays for that three times:
 
 - It runs the middleware chain in async mode. Django's own middleware are `MiddlewareMixin`
   classes whose async mode hands each `process_request` and `process_response` to a thread and
@@ -12,27 +12,116 @@ Every view here is synchronous (the ORM is), and under ASGI Django pays for that
   database connection. `ReusedRequestThreads` hands each request an executor from a free list
   instead (asgiref's `ThreadSensitiveContext(executor=...)`), so each request still has a
   thread of its own, and threads and their connections are reused.
+- Around the view it hops to a thread twice more (the `request_started` receivers, and
+  `response.close()` with the `request_finished` ones) and starts two tasks to watch for a
+  disconnect that a synchronous view cannot act on. `SyncChainASGIHandler.handle` does the whole
+  request, signals, view and response body, in one hop, and sends the response from the loop.
 
 Together they take single-point ingestion from about 150 to over 400 requests/s on one daphne
-process (bench/ingest.py). WebSocket connections are not touched.
+process (bench/ingest.py); the last one, on uvicorn, the empty DRF 200 from ~1,100 to ~1,500
+requests/s (bench/hot_path.py). WebSocket connections are not touched.
 """
 
 from concurrent.futures import ThreadPoolExecutor
 
 import django
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
-from django.core.handlers.asgi import ASGIHandler
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.db import connections
+from django.http import FileResponse
+from django.urls import set_script_prefix
 
 IDLE_EXECUTORS_KEPT = 32
 
 
 class SyncChainASGIHandler(ASGIHandler):
-    """Django's ASGI handler with the middleware chain and views run synchronously."""
+    """Django's ASGI handler with each request served synchronously, in one thread hop."""
 
     def load_middleware(self, is_async=False):
         super().load_middleware(is_async=False)
-        self._middleware_chain = sync_to_async(self._middleware_chain, thread_sensitive=True)
+        # Wrapped once: building a SyncToAsync inspects the function, per call it is 2% of a
+        # single-point write's CPU (py-spy).
+        self._respond_in_thread = sync_to_async(self._respond, thread_sensitive=True)
+        self._read_in_thread = sync_to_async(_read_chunk, thread_sensitive=True)
+        self._close_in_thread = sync_to_async(_close, thread_sensitive=True)
+
+    async def handle(self, scope, receive, send):
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        try:
+            response = await self._respond_in_thread(scope, body_file)
+            if not response.streaming:
+                await self.send_response(response, send)
+                return
+            try:
+                if response.is_async:
+                    await self.send_response(response, send)
+                else:
+                    await self._send_streamed(response, send)
+            finally:
+                await self._close_in_thread(response)
+        finally:
+            body_file.close()
+
+    async def _send_streamed(self, response, send) -> None:
+        """A synchronous streaming response (the CSV export), read in the request's thread
+        STREAM_CHUNK_BYTES at a time. Django's own send_response would first read all of it
+        into a list, in memory: a whole ten-million-point run."""
+        await send({"type": "http.response.start", "status": response.status_code,
+                    "headers": _headers(response)})  # fmt: skip
+        parts = iter(response)
+        while chunk := await self._read_in_thread(parts):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    def _respond(self, scope, body_file):
+        """In the request's thread: what Django does around the view, synchronously. A
+        non-streaming response is closed here (its body is already bytes), which sends
+        `request_finished` and hands the database connection back to the pool."""
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        request, response = self.create_request(scope, body_file)
+        if request is not None:
+            response = self.get_response(request)
+            response._handler_class = self.__class__
+            if isinstance(response, FileResponse):
+                response.block_size = self.chunk_size
+        if not response.streaming:
+            response.content  # noqa: B018 - rendered here, in the thread
+            response.close()
+        return response
+
+
+STREAM_CHUNK_BYTES = 64 * 1024
+
+
+def _close(response) -> None:
+    response.close()
+
+
+def _read_chunk(parts) -> bytes:
+    """The next STREAM_CHUNK_BYTES or so of a streaming response (b"" at its end)."""
+    chunk, size = [], 0
+    for part in parts:
+        chunk.append(part)
+        size += len(part)
+        if size >= STREAM_CHUNK_BYTES:
+            break
+    return b"".join(chunk)
+
+
+def _headers(response) -> list[tuple[bytes, bytes]]:
+    """Response headers and cookies as ASGI wants them (as Django's send_response builds them)."""
+    headers = [
+        (header.encode("ascii"), value.encode("latin1")) for header, value in response.items()
+    ]
+    for cookie in response.cookies.values():
+        headers.append((b"Set-Cookie", cookie.output(header="").encode("ascii").strip()))
+    return headers
 
 
 class ReusedRequestThreads:

@@ -6,7 +6,7 @@ clients backfill from the stream endpoint when they reconnect.
 Inside the server (`DeferredBroadcasts` wraps the ASGI application) a request hands its
 broadcasts to the event loop, which sends them in order while the response goes out: the request
 does not wait for the channel layer. Elsewhere (management commands, tests) `broadcast` sends
-before the commit returns.
+before the commit returns. A group nobody watches costs one Redis round trip, not a send.
 """
 
 import asyncio
@@ -19,6 +19,9 @@ from contextvars import Context, ContextVar
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
+
+from simsched.groups import group_has_members
+from simsched.observability.metrics import BROADCAST_FAILURES, BROADCASTS_DROPPED
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +53,15 @@ async def _send_logged(group: str, message: dict) -> None:
     try:
         await _group_send(group, message)
     except Exception as exc:  # noqa: BLE001 - any layer failure must not fail the write
+        BROADCAST_FAILURES.inc()
         logger.warning("broadcast to %s failed: %r", group, exc)
 
 
 async def _group_send(group: str, message: dict) -> None:
     layer = get_channel_layer()
-    await asyncio.wait_for(layer.group_send(group, message), SEND_TIMEOUT_SECONDS)
+    async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
+        if await group_has_members(layer, group):
+            await layer.group_send(group, message)
 
 
 class LoopSender:
@@ -83,6 +89,7 @@ class LoopSender:
             if self.dropped == 0:
                 logger.warning("channel layer backlog full, dropping broadcasts")
             self.dropped += 1
+            BROADCASTS_DROPPED.inc()
             return
         if self.task is None or self.task.done():
             self.task = self.loop.create_task(self._drain())

@@ -15,3 +15,13 @@ def dictfetchone(cursor) -> dict | None:
 
 def is_postgres(connection) -> bool:
     return connection.vendor == "postgresql"
+
+
+# Primary keys are 64-bit (BigAutoField): anything outside cannot name a row, and SQLite's driver
+# raises OverflowError on it instead of finding nothing.
+MAX_ID = 2**63 - 1
+
+
+def is_storable_id(value) -> bool:
+    """True for an int (not a bool) that can be a primary key."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID

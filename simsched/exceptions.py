@@ -12,7 +12,7 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import DatabaseError, InterfaceError, OperationalError
+from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.renderers import JSONRenderer
@@ -85,6 +85,12 @@ def api_exception_handler(exc, context):
         exc = PayloadTooLarge(
             f"The request body is larger than {settings.MAX_REQUEST_BYTES} bytes."
         )
+    if isinstance(exc, IntegrityError):
+        # A constraint a service did not foresee (a race the service lost): the write is
+        # refused, not a crash. Services turn the ones they know into precise errors.
+        logger.warning("integrity error answered as 409: %s", exc)
+        body = error_body("conflict", "The request conflicts with stored data; nothing changed.")
+        return Response(body, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, OperationalError | InterfaceError) or type(exc) is DatabaseError:
         logger.error("database unavailable: %s", exc)
         body = error_body("database_unavailable", "The database is unavailable; retry shortly.")
@@ -108,3 +114,21 @@ def api_exception_handler(exc, context):
 class ForbiddenError(ApplicationError):
     status_code = status.HTTP_403_FORBIDDEN
     default_code = "permission_denied"
+
+
+class JsonNotFoundMiddleware:
+    """Every 404 that is not already an API answer is the one JSON error shape, also with
+    DEBUG on (Django then answers an unknown path with its HTML debug page, not handler404)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if response.status_code != 404 or isinstance(response, Response):
+            return response
+        if response.get("Content-Type", "").startswith("application/json"):
+            return response
+        from simsched.views import not_found
+
+        return not_found(request)

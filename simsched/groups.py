@@ -17,7 +17,8 @@ import logging
 import weakref
 
 from channels.consumer import get_handler_name
-from channels.layers import get_channel_layer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels_redis.core import RedisChannelLayer
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,21 @@ class LocalGroups:
                 task.cancel()
         self.tasks = []
         self.channel = None
+
+
+async def group_has_members(layer, group: str) -> bool:
+    """Does any process watch `group`? Exact, because the group's members are these processes'
+    memberships: a socket joins before it reads its snapshot, so a write committed before this
+    answered no is in that snapshot. One EXISTS on the group's key in Redis, where channels_redis
+    makes two round trips and a Lua call to send to a group, even an empty one (most simulations'
+    points are written while nobody watches). Members of a process that died without leaving
+    count until channels_redis expires them (a day): then the broadcast is sent, as before."""
+    if isinstance(layer, RedisChannelLayer):
+        connection = layer.connection(layer.consistent_hash(group))
+        return bool(await connection.exists(layer._group_key(group)))
+    if isinstance(layer, InMemoryChannelLayer):
+        return bool(layer.groups.get(group))
+    return True
 
 
 _by_loop: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LocalGroups]" = (

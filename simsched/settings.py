@@ -53,10 +53,12 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "simsched.observability.middleware.ObservabilityMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "simsched.exceptions.JsonNotFoundMiddleware",  # outside CommonMiddleware: after APPEND_SLASH
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -206,6 +208,8 @@ SIMSCHED_HEARTBEAT_TIMEOUT = int(os.environ.get("SIMSCHED_HEARTBEAT_TIMEOUT", 60
 SIMSCHED_MAX_RETRIES = int(os.environ.get("SIMSCHED_MAX_RETRIES", 2))
 SIMSCHED_SCHEDULER_INTERVAL = float(os.environ.get("SIMSCHED_SCHEDULER_INTERVAL", 5))
 SIMSCHED_SIMULATED_RATE = float(os.environ.get("SIMSCHED_SIMULATED_RATE", 20))
+# Lines of stdout/stderr kept per simulation (the oldest go first).
+SIMSCHED_LOG_LINES = int(os.environ.get("SIMSCHED_LOG_LINES", 10_000))
 # How long a server process trusts a token it has checked (0: check every request).
 SIMSCHED_TOKEN_CACHE_SECONDS = float(os.environ.get("SIMSCHED_TOKEN_CACHE_SECONDS", 5))
 
@@ -235,7 +239,8 @@ USE_TZ = True
 if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
-    SECURE_REDIRECT_EXEMPT = [r"^health/?$"]  # load balancers and healthchecks probe over HTTP
+    # Load balancers, healthchecks and Prometheus probe over HTTP.
+    SECURE_REDIRECT_EXEMPT = [r"^health/?$", r"^metrics/?$"]
     SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", 60 * 60 * 24 * 30))
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
@@ -243,13 +248,24 @@ if not DEBUG:
     CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", True)
     SECURE_REFERRER_POLICY = "same-origin"
 
+# --- Metrics ------------------------------------------------------------------------------------
+
+# GET /metrics needs `Authorization: Bearer <METRICS_TOKEN>`; unset, it answers loopback only.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+
 # --- Logging ------------------------------------------------------------------------------------
 
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "plain")  # "json": one JSON object per line
+if LOG_FORMAT not in {"plain", "json"}:
+    raise ImproperlyConfigured("LOG_FORMAT must be plain or json.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "simsched.observability.logs.JSONFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}},
 }

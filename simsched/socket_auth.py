@@ -2,7 +2,8 @@
 or `?token=<key>` for scripts, and browsers only from allowed origins.
 
 A refused socket is accepted and closed at once with a close code a client can read
-(4401 not signed in, 4403 origin not allowed), before any data is sent.
+(4401 not signed in, 4403 origin not allowed), before any data is sent. The consumers use the
+other codes here: 4404 no such simulation, 4409 a conflict, 4410 the simulation was deleted.
 """
 
 from urllib.parse import parse_qs, urlparse
@@ -16,6 +17,7 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_CONFLICT = 4409
+CLOSE_GONE = 4410
 
 
 async def close_with(send, code: int) -> None:

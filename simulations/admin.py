@@ -5,11 +5,13 @@ from django.contrib import admin, messages
 from django.urls import reverse
 from django.utils.html import format_html
 
+from simsched.admin import ServiceModelAdmin
 from simsched.exceptions import ApplicationError, ConflictError
 from simulations import services
 from simulations.budgets import BudgetBook
 from simulations.guard_rules import default_guards, normalize_guards
 from simulations.models import Budget, Simulation
+from simulations.permissions import can_change_simulation, can_create_simulation
 from simulations.selectors import simulation_wait_reasons
 
 
@@ -18,7 +20,7 @@ class SimulationAdminForm(forms.ModelForm):
         model = Simulation
         fields = ["name", "owner", "priority", "required_gpus", "required_memory"]
         fields += ["required_cpu_cores", "pinned_machine", "max_duration", "guards"]
-        fields += ["preemptible", "preempt_grace"]
+        fields += ["preemptible", "preempt_grace", "command", "env", "working_dir"]
 
     def clean_guards(self):
         """The same rules as the API's (a bad guard is a form error, not a server error)."""
@@ -29,7 +31,7 @@ class SimulationAdminForm(forms.ModelForm):
 
 
 @admin.register(Simulation)
-class SimulationAdmin(admin.ModelAdmin):
+class SimulationAdmin(ServiceModelAdmin):
     form = SimulationAdminForm
     list_display = [
         "name",
@@ -78,6 +80,17 @@ class SimulationAdmin(admin.ModelAdmin):
     ]
     actions = ["cancel_simulations"]
 
+    def has_add_permission(self, request):
+        return can_create_simulation(request.user) and super().has_add_permission(request)
+
+    def has_change_permission(self, request, obj=None):
+        allowed = obj is None or can_change_simulation(request.user, obj)
+        return allowed and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        allowed = obj is None or can_change_simulation(request.user, obj)
+        return allowed and super().has_delete_permission(request, obj)
+
     @admin.display(description="Waiting because")
     def waiting_because(self, simulation):
         if simulation.status != Simulation.Status.PENDING:
@@ -102,7 +115,11 @@ class SimulationAdmin(admin.ModelAdmin):
             fields = {
                 f: form.cleaned_data[f] for f in services.EDITABLE_FIELDS if f in form.cleaned_data
             }
-            obj.pk = services.simulation_create(owner=request.user, **fields).pk
+            fields["owner"] = fields.get("owner") or request.user
+            obj.pk = services.simulation_create(**fields).pk
+
+    def delete_with_service(self, obj):
+        services.simulation_delete(simulation=obj)  # refused while it holds a machine
 
     @admin.action(description="Cancel (frees the machine)")
     def cancel_simulations(self, request, queryset):

@@ -42,3 +42,5 @@ def simulation_changed(simulation: Simulation) -> None:
 
 def simulation_deleted(simulation_id: int) -> None:
     broadcast(FLEET_GROUP, {"type": "fleet.simulation_deleted", "id": simulation_id})
+    # Its viewers are told, then closed with 4410 (gone) by the consumer.
+    broadcast(simulation_group(simulation_id), {"type": "simulation.deleted", "id": simulation_id})

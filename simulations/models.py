@@ -1,6 +1,8 @@
+import re
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
@@ -9,6 +11,55 @@ from machines.models import Machine
 from simulations.guard_rules import default_guards
 
 PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
+
+MAX_COMMAND_ARGS = 256
+MAX_ENV_VARS = 256
+MAX_LAUNCH_STRING = 32_768
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
+# Set by the agent for the child (SIMSCHED_URL, SIMSCHED_TOKEN, ...): not the simulation's to set.
+RESERVED_ENV_PREFIX = "SIMSCHED_"
+
+ERR_COMMAND = "Must be a list of at most {n} strings."
+ERR_ENV = "Must be an object of at most {n} string values."
+ERR_ENV_NAME = "{name!r} is not an environment variable name (letters, digits, _)."
+ERR_ENV_RESERVED = "{name!r}: names starting with SIMSCHED_ are set by the agent."
+ERR_TEXT = "Strings must be at most {n} characters of valid text, without NUL characters."
+
+
+def _check_text(value: str, limit: int = MAX_LAUNCH_STRING) -> None:
+    """PostgreSQL refuses NUL and unpaired surrogates; refuse them here, as a 400."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(ERR_TEXT.format(n=limit)) from None
+    if "\x00" in value or len(value) > limit:
+        raise ValidationError(ERR_TEXT.format(n=limit))
+
+
+def validate_command(value) -> None:
+    if not isinstance(value, list) or len(value) > MAX_COMMAND_ARGS:
+        raise ValidationError(ERR_COMMAND.format(n=MAX_COMMAND_ARGS))
+    for argument in value:
+        if not isinstance(argument, str):
+            raise ValidationError(ERR_COMMAND.format(n=MAX_COMMAND_ARGS))
+        _check_text(argument)
+
+
+def validate_env(value) -> None:
+    if not isinstance(value, dict) or len(value) > MAX_ENV_VARS:
+        raise ValidationError(ERR_ENV.format(n=MAX_ENV_VARS))
+    for name, text in value.items():
+        if not ENV_NAME.fullmatch(name):
+            raise ValidationError(ERR_ENV_NAME.format(name=name[:100]))
+        if name.upper().startswith(RESERVED_ENV_PREFIX):
+            raise ValidationError(ERR_ENV_RESERVED.format(name=name))
+        if not isinstance(text, str):
+            raise ValidationError(ERR_ENV.format(n=MAX_ENV_VARS))
+        _check_text(text)
+
+
+def validate_working_dir(value: str) -> None:
+    _check_text(value, 1000)
 
 
 class Simulation(models.Model):
@@ -107,6 +158,21 @@ class Simulation(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # What the machine's agent launches. `env` is secret: only the owner, staff and the agent
+    # of the simulation's machine ever see it (never lists for others, logs or socket messages).
+    command = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_command],
+        help_text='Arguments, e.g. ["python", "train.py"].',
+    )
+    env = models.JSONField(
+        default=dict,
+        blank=True,
+        validators=[validate_env],
+        help_text="Environment variables (secret).",
+    )
+    working_dir = models.CharField(max_length=1000, blank=True, validators=[validate_working_dir])
 
     # Limits and guards (simulations/guards.py evaluates them).
     max_duration = models.PositiveIntegerField(
@@ -283,3 +349,29 @@ class Budget(models.Model):
     @property
     def owner_label(self) -> str:
         return f"user {self.user}" if self.user_id else f"group {self.group}"
+
+
+class LogLine(models.Model):
+    """One line of a simulation's stdout or stderr, numbered by its agent (`seq`); only the
+    last `SIMSCHED_LOG_LINES` lines of each simulation are kept."""
+
+    class Stream(models.TextChoices):
+        STDOUT = "stdout", "stdout"
+        STDERR = "stderr", "stderr"
+
+    simulation = models.ForeignKey(Simulation, on_delete=models.CASCADE, related_name="log_lines")
+    seq = models.BigIntegerField()
+    stream = models.CharField(max_length=6, choices=Stream.choices)
+    line = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "simulation_log_lines"
+        ordering = ["simulation", "seq"]
+        constraints = [
+            # Resent lines (the agent retries, or restarts) are stored once.
+            models.UniqueConstraint(fields=["simulation", "seq"], name="log_line_once_per_seq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.simulation_id}#{self.seq} {self.stream}: {self.line[:60]}"

@@ -9,6 +9,10 @@ views, the admin and services all ask these functions.
 - An agent token acts only on the simulation placed on its own machine, and only through the
   agent endpoints (start, heartbeat, finish, fail, claim) and point writes.
 - Points are written by the agent of the simulation's machine, its owner or staff.
+- A simulation's `env` is secret: its owner, staff and the agent of its machine (which launches
+  the command) see it; nobody else, in no list.
+- Its log lines are read like the simulation, except that an agent reads only its own
+  machine's; only the agent of its machine ships them.
 """
 
 from rest_framework.permissions import SAFE_METHODS, BasePermission
@@ -18,6 +22,7 @@ from machines.permissions import agent_machine_id, is_agent, is_operator, is_per
 __all__ = [
     "AgentOfSimulationMachine",
     "AgentOrStaff",
+    "CanReadOrShipLogs",
     "IsAgent",
     "SimulationPermission",
     "agent_machine_id",
@@ -27,6 +32,7 @@ __all__ = [
     "can_read_simulation",
     "can_trip_nan_guard",
     "can_report_for",
+    "can_see_env",
     "is_agent",
     "is_operator",
     "is_person",
@@ -37,6 +43,7 @@ ERR_AGENT_WRITES = "Agent tokens may only report for their own machine's simulat
 ERR_DRIVE = "Only the agent of the simulation's machine (or staff) may do this."
 ERR_AGENTS_ONLY = "This endpoint is for machine agents (use the machine's agent token)."
 ERR_REPORT = "You may not report points for this simulation."
+ERR_LOGS = "Only the agent of the simulation's machine may do this."
 
 
 def _owns(user, simulation) -> bool:
@@ -126,3 +133,36 @@ def can_trip_nan_guard(user, simulation) -> bool:
     if machine_id is not None:
         return machine_id == simulation.machine_id
     return is_person(user) and _owns(user, simulation)
+
+
+def can_see_env(user, simulation) -> bool:
+    """The secret env: its owner, staff, and the agent of its machine, which launches it."""
+    if user is None or not user.is_authenticated:
+        return False
+    machine_id = agent_machine_id(user)
+    if machine_id is not None:
+        return simulation.machine_id is not None and machine_id == simulation.machine_id
+    return is_operator(user) or (is_person(user) and _owns(user, simulation))
+
+
+def can_read_logs(user, simulation) -> bool:
+    if not can_read_simulation(user, simulation):
+        return False
+    machine_id = agent_machine_id(user)
+    return machine_id is None or machine_id == simulation.machine_id
+
+
+def can_ship_logs(user, simulation) -> bool:
+    machine_id = agent_machine_id(user)
+    return machine_id is not None and machine_id == simulation.machine_id
+
+
+class CanReadOrShipLogs(BasePermission):
+    """GET /simulations/{id}/logs: `can_read_logs`; POST: `can_ship_logs`."""
+
+    message = ERR_LOGS
+
+    def has_object_permission(self, request, view, obj):
+        if request.method in SAFE_METHODS:
+            return can_read_logs(request.user, obj)
+        return can_ship_logs(request.user, obj)

@@ -1,5 +1,6 @@
 """Reads of simulations that are more than a filter."""
 
+from collections import Counter
 from datetime import UTC
 from decimal import Decimal
 from typing import NamedTuple
@@ -9,7 +10,7 @@ from django.db.models import Q
 from django.utils.dateparse import parse_datetime
 
 from machines.models import Machine
-from simsched.db import dictfetchone
+from simsched.db import dictfetchone, is_storable_id
 from simsched.exceptions import NotFoundError
 from simulations.budgets import BudgetBook
 from simulations.models import Simulation
@@ -25,6 +26,15 @@ def fits(machine: Machine, simulation: Simulation) -> bool:
     return all(
         getattr(machine, capacity) >= getattr(simulation, need)
         for _, need, capacity, _ in REQUIREMENTS
+    )
+
+
+def machine_active_simulation(*, machine_id: int) -> Simulation | None:
+    """The simulation scheduled on or running on the machine, if any (at most one)."""
+    return (
+        Simulation.objects.select_related("machine", "owner")
+        .filter(machine_id=machine_id, status__in=Simulation.ACTIVE)
+        .first()
     )
 
 
@@ -56,7 +66,9 @@ def _no_fit_reason(simulation: Simulation, fleet: list[Machine]) -> dict:
     return {"code": "no_machine_fits", "message": message, "missing": missing}
 
 
-def _wait_reason(simulation: Simulation, fleet: list[Machine], budgets) -> dict:
+def _wait_reason(
+    simulation: Simulation, fleet: list[Machine], budgets=None, *, queue: bool = True
+) -> dict:
     if simulation.pinned_machine_id is not None:
         pinned = next((m for m in fleet if m.pk == simulation.pinned_machine_id), None)
         if pinned.status == Machine.Status.MAINTENANCE:
@@ -80,11 +92,14 @@ def _wait_reason(simulation: Simulation, fleet: list[Machine], budgets) -> dict:
             "code": "fitting_machines_in_maintenance",
             "message": f"All {len(candidates)} machine(s) that fit are in maintenance.",
         }
-    over_budget = budgets.refusal(simulation, min(m.hourly_cost for m in in_service))
-    if over_budget:
-        return over_budget
+    if budgets is not None:
+        over_budget = budgets.refusal(simulation, min(m.hourly_cost for m in in_service))
+        if over_budget:
+            return over_budget
     if any(m.status == Machine.Status.AVAILABLE for m in in_service):
         return {"code": "assigning", "message": "A fitting machine is free; it is being assigned."}
+    if not queue:
+        return {"code": "fitting_machines_busy"}
     ahead = queue_ahead(simulation)
     return {
         "code": "fitting_machines_busy",
@@ -132,6 +147,20 @@ def _preempting_for(simulation_ids: list[int]) -> dict[int, dict]:
     }
 
 
+def pending_wait_reason_codes() -> Counter:
+    """How many pending simulations wait for each reason code (without their queue positions,
+    which cost a query each): for the metrics scrape."""
+    pending = list(
+        Simulation.objects.filter(status=Simulation.Status.PENDING).only(
+            "id", "pinned_machine_id", "required_gpus", "required_memory", "required_cpu_cores"
+        )
+    )
+    if not pending:
+        return Counter()
+    fleet = list(Machine.objects.only("id", "name", "status", "gpu_count", "memory", "cpu_cores"))
+    return Counter(_wait_reason(s, fleet, queue=False)["code"] for s in pending)
+
+
 class WriteAccess(NamedTuple):
     owner_id: int | None
     machine_id: int | None
@@ -141,7 +170,7 @@ def simulation_write_access(*, simulation_id) -> WriteAccess | None:
     """Bare SQL: who may write a simulation's points, read on every point write, where building
     the ORM query costs more than running it. None for an unknown simulation."""
     simulation_id = int(simulation_id)
-    if not 0 < simulation_id < 2**63:
+    if not is_storable_id(simulation_id):
         return None
     with connection.cursor() as cursor:
         cursor.execute(
@@ -153,6 +182,8 @@ def simulation_write_access(*, simulation_id) -> WriteAccess | None:
 
 def simulation_detailed(*, simulation_id: int) -> dict:
     """Bare SQL by design (the original API's joined read): a simulation with its machine."""
+    if not is_storable_id(simulation_id):
+        raise NotFoundError(f"Simulation {simulation_id} does not exist.")
     with connection.cursor() as cursor:
         cursor.execute(
             """

@@ -3,13 +3,41 @@ from rest_framework import serializers
 from convergence.selectors import simulation_point_stats
 from machines.models import Machine
 from machines.serializers import MachineSerializer
+from simsched.db import is_storable_id
 from simsched.exceptions import ApplicationError
 from simulations.guard_rules import normalize_guards
-from simulations.models import PRIORITY_MAX, PRIORITY_MIN, Simulation
+from simulations.logs import (
+    LOGS_PAGE_DEFAULT,
+    LOGS_PAGE_MAX,
+    MAX_LINE_CHARS,
+    MAX_LINES_PER_REQUEST,
+    MAX_SEQ,
+    LogInput,
+    printable,
+)
+from simulations.models import (
+    MAX_COMMAND_ARGS,
+    MAX_ENV_VARS,
+    MAX_LAUNCH_STRING,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    LogLine,
+    Simulation,
+)
+from simulations.permissions import can_see_env
 from simulations.selectors import simulation_wait_reasons
 
 MAX_DURATION_MAX = 366 * 24 * 3600
 PREEMPT_GRACE_MAX = 24 * 3600
+
+
+class TextField(serializers.CharField):
+    """A string, as sent: numbers and booleans are refused, not turned into text."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
 
 
 class WaitReasonSerializer(serializers.Serializer):
@@ -34,6 +62,21 @@ class SimulationListSerializer(serializers.ListSerializer):
         return super().to_representation(items)
 
 
+class MachineReferenceField(serializers.PrimaryKeyRelatedField):
+    """A machine's id: an integer (or its digits, from HTML forms), never a float, a boolean or
+    a number no primary key can be (DRF's field would look up pk=1.5 as machine 1, and pass
+    1e400 to the database)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, str) and data.isascii() and data.isdigit() and len(data) <= 20:
+            data = int(data)
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("incorrect_type", data_type=type(data).__name__)
+        if not is_storable_id(data):
+            self.fail("does_not_exist", pk_value=data)
+        return super().to_internal_value(data)
+
+
 class SimulationSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(
         source="owner.username", read_only=True, default=None, allow_null=True
@@ -41,13 +84,13 @@ class SimulationSerializer(serializers.ModelSerializer):
     machine_name = serializers.CharField(
         source="machine.name", read_only=True, default=None, allow_null=True
     )
-    pinned_machine = serializers.PrimaryKeyRelatedField(
+    pinned_machine = MachineReferenceField(
         queryset=Machine.objects.all(),
         required=False,
         allow_null=True,
         help_text="Run only on this machine.",
     )
-    machine_id = serializers.PrimaryKeyRelatedField(
+    machine_id = MachineReferenceField(
         queryset=Machine.objects.all(),
         required=False,
         allow_null=True,
@@ -84,8 +127,26 @@ class SimulationSerializer(serializers.ModelSerializer):
         min_value=0, max_value=PREEMPT_GRACE_MAX, required=False
     )
     resume_step = serializers.SerializerMethodField()
+    command = serializers.ListField(
+        child=TextField(allow_blank=True, trim_whitespace=False, max_length=MAX_LAUNCH_STRING),
+        max_length=MAX_COMMAND_ARGS,
+        required=False,
+        help_text="What the machine's agent runs: a list of arguments (changeable while pending).",
+    )
+    env = serializers.DictField(
+        child=TextField(allow_blank=True, trim_whitespace=False, max_length=MAX_LAUNCH_STRING),
+        required=False,
+        help_text=(
+            f"Environment variables for the command (at most {MAX_ENV_VARS}). Secret: shown "
+            "only to the owner, staff and the agent of the simulation's machine."
+        ),
+    )
+    working_dir = TextField(
+        allow_blank=True, trim_whitespace=False, max_length=1000, required=False
+    )
     running_seconds = serializers.FloatField(read_only=True, allow_null=True)
-    cost = serializers.DecimalField(max_digits=14, decimal_places=4, read_only=True)
+    # Derived, so no digit cap: a long run on a costly machine must not make the list a 500.
+    cost = serializers.DecimalField(max_digits=None, decimal_places=4, read_only=True)
     wait_reason = serializers.SerializerMethodField()
     progress = serializers.SerializerMethodField()
 
@@ -108,6 +169,9 @@ class SimulationSerializer(serializers.ModelSerializer):
             "machine_name",
             "pinned_machine",
             "machine_id",
+            "command",
+            "env",
+            "working_dir",
             "wait_reason",
             "progress",
             "created_at",
@@ -153,6 +217,13 @@ class SimulationSerializer(serializers.ModelSerializer):
             "failure_reason",
             "hourly_cost",
         ]
+
+    def to_representation(self, simulation):
+        data = super().to_representation(simulation)
+        request = self.context.get("request")
+        if request is None or not can_see_env(request.user, simulation):
+            data.pop("env", None)
+        return data
 
     def validate_status(self, value):
         if self.instance is None and value != Simulation.Status.PENDING:
@@ -255,3 +326,87 @@ class BudgetUsageSerializer(serializers.Serializer):
     )
     gpu_cap = serializers.IntegerField(allow_null=True)
     gpus_in_use = serializers.IntegerField()
+
+
+class LogLineSerializer(serializers.Serializer):
+    seq = serializers.IntegerField(min_value=0, max_value=MAX_SEQ)
+    stream = serializers.ChoiceField(choices=LogLine.Stream.choices)
+    line = serializers.CharField(
+        allow_blank=True,
+        trim_whitespace=False,
+        max_length=MAX_LINE_CHARS,
+        help_text="Without its newline. NUL characters are stored as U+FFFD.",
+    )
+
+
+class LogBatchSerializer(serializers.Serializer):
+    """Documents the agent's log body; `parse_log_batch` validates it."""
+
+    lines = serializers.ListField(
+        child=LogLineSerializer(), min_length=1, max_length=MAX_LINES_PER_REQUEST
+    )
+
+
+class LogAppendResultSerializer(serializers.Serializer):
+    stored = serializers.IntegerField()
+    duplicates = serializers.IntegerField()
+
+
+def parse_log_batch(data) -> list[LogInput]:
+    """Validate an agent's log lines (a program prints NULs and broken UTF-8 too: they are
+    stored replaced, not refused); errors name each bad line's index."""
+    lines = data.get("lines") if isinstance(data, dict) else None
+    if not isinstance(lines, list) or not lines:
+        raise serializers.ValidationError({"lines": ["A non-empty list of lines is required."]})
+    if len(lines) > MAX_LINES_PER_REQUEST:
+        raise serializers.ValidationError(
+            {"lines": [f"At most {MAX_LINES_PER_REQUEST} lines per request; got {len(lines)}."]}
+        )
+    parsed, errors = [], {}
+    for index, item in enumerate(lines):
+        item_errors = _log_line_errors(item)
+        if item_errors:
+            errors[str(index)] = item_errors
+            continue
+        parsed.append(LogInput(item["seq"], item["stream"], printable(item["line"])))
+    if errors:
+        raise serializers.ValidationError({"lines": errors})
+    return parsed
+
+
+def _log_line_errors(item) -> dict:
+    if not isinstance(item, dict):
+        return {"non_field_errors": ["Must be an object with seq, stream and line."]}
+    errors = {}
+    seq, stream, line = item.get("seq"), item.get("stream"), item.get("line")
+    if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
+        errors["seq"] = [f"Must be an integer from 0 to {MAX_SEQ}."]
+    if stream not in LogLine.Stream.values:
+        errors["stream"] = ["Must be stdout or stderr."]
+    if not isinstance(line, str) or len(line) > MAX_LINE_CHARS:
+        errors["line"] = [f"Must be a string of at most {MAX_LINE_CHARS} characters."]
+    return errors
+
+
+class LogsQuerySerializer(serializers.Serializer):
+    since = serializers.IntegerField(
+        min_value=-1, max_value=MAX_SEQ, default=-1, help_text="The last seq you have."
+    )
+    limit = serializers.IntegerField(
+        min_value=1, max_value=LOGS_PAGE_MAX, default=LOGS_PAGE_DEFAULT
+    )
+
+
+class LogPageLineSerializer(serializers.Serializer):
+    seq = serializers.IntegerField()
+    stream = serializers.CharField()
+    line = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class LogPageSerializer(serializers.Serializer):
+    simulation_id = serializers.IntegerField()
+    since = serializers.IntegerField()
+    next_since = serializers.IntegerField(help_text="Pass as `since` for the next page.")
+    has_more = serializers.BooleanField()
+    lines = LogPageLineSerializer(many=True)

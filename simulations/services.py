@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from machines.events import machine_changed
 from machines.models import Machine
+from simsched.db import is_storable_id
 from simsched.exceptions import ConflictError, ForbiddenError, NotFoundError
 from simulations import events, guard_rules
 from simulations.models import Simulation
@@ -18,6 +19,9 @@ from simulations.selectors import fits, simulation_wait_reasons
 
 ERR_TRANSITION = "A {current} simulation cannot become {target}."
 ERR_NOT_PENDING = "Requirements and pinning can only change while the simulation is pending."
+ERR_LAUNCH_NOT_PENDING = (
+    "command, env and working_dir can only change while the simulation is pending."
+)
 ERR_PINNED_TOO_SMALL = "The pinned machine does not satisfy the simulation's requirements."
 ERR_DELETE_ACTIVE = "The simulation holds a machine; cancel it before deleting it."
 ERR_MACHINE_NOT_FOUND = "Machine {machine_id} does not exist."
@@ -28,8 +32,18 @@ ERR_PREEMPTED = "Preempted by a higher-priority simulation; requeued to resume l
 ERR_TIMED_OUT = "Ran for its max_duration of {seconds}s."
 
 REQUIREMENT_FIELDS = ("required_gpus", "required_memory", "required_cpu_cores", "pinned_machine")
+# What the agent launches: fixed once the simulation leaves the queue, like the requirements.
+LAUNCH_FIELDS = ("command", "env", "working_dir")
 LIMIT_FIELDS = ("max_duration", "guards", "preemptible", "preempt_grace")
-EDITABLE_FIELDS = ("name", "priority", *REQUIREMENT_FIELDS, *LIMIT_FIELDS)
+# `owner` is changed by staff in the admin; the API's serializer never passes it.
+EDITABLE_FIELDS = (
+    "name",
+    "priority",
+    "owner",
+    *REQUIREMENT_FIELDS,
+    *LAUNCH_FIELDS,
+    *LIMIT_FIELDS,
+)
 # Simulation rows are locked FOR NO KEY UPDATE: it does not wait for (or deadlock with) point
 # writes, which hold a KEY SHARE lock on the row through their foreign key.
 LOCK = {"no_key": True}
@@ -60,6 +74,9 @@ def simulation_create(
     guards: dict | None = None,
     preemptible: bool = False,
     preempt_grace: int = 120,
+    command: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    working_dir: str = "",
 ) -> Simulation:
     simulation = Simulation(
         name=name,
@@ -73,6 +90,9 @@ def simulation_create(
         guards=guard_rules.normalize_guards(guards, defaults=guard_rules.default_guards()),
         preemptible=preemptible,
         preempt_grace=preempt_grace,
+        command=command or [],
+        env=env or {},
+        working_dir=working_dir,
     )
     simulation.full_clean()
     _check_pinned_fits(simulation)
@@ -87,6 +107,8 @@ def simulation_create_bare_sql(*, machine_id: int, name: str, owner=None) -> int
 
     Returns the new simulation's id.
     """
+    if not is_storable_id(machine_id):
+        raise NotFoundError(ERR_MACHINE_NOT_FOUND.format(machine_id=machine_id))
     now = timezone.now()
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("""SELECT id FROM machines WHERE id = %s""", [machine_id])
@@ -97,10 +119,13 @@ def simulation_create_bare_sql(*, machine_id: int, name: str, owner=None) -> int
             INSERT INTO simulations (
                 name, owner_id, status, pinned_machine_id, priority, required_gpus,
                 required_memory, required_cpu_cores, accrued_cost, attempts, failure_reason,
-                created_at, updated_at, guards, guard_state, stopped_by, stop_reason,
-                preemptible, preempt_grace, preemptions
+                command, env, working_dir, created_at, updated_at, guards, guard_state,
+                stopped_by, stop_reason, preemptible, preempt_grace, preemptions
             )
-            VALUES (%s, %s, %s, %s, 0, 0, 1, 0, 0, 0, '', %s, %s, %s, '{}', '', '', %s, 120, 0)
+            VALUES (
+                %s, %s, %s, %s, 0, 0, 1, 0, 0, 0, '', '[]', '{}', '', %s, %s, %s, '{}', '', '',
+                %s, 120, 0
+            )
             RETURNING id
             """,
             [
@@ -141,6 +166,11 @@ def simulation_update(*, simulation: Simulation, data: dict) -> Simulation:
     )
     if requirement_change and simulation.status != Simulation.Status.PENDING:
         raise ConflictError(ERR_NOT_PENDING, details={"current_status": simulation.status})
+    launch_change = any(
+        getattr(simulation, field) != changes[field] for field in LAUNCH_FIELDS if field in changes
+    )
+    if launch_change and simulation.status != Simulation.Status.PENDING:
+        raise ConflictError(ERR_LAUNCH_NOT_PENDING, details={"current_status": simulation.status})
     for field, value in changes.items():
         setattr(simulation, field, value)
     simulation.full_clean()

@@ -7,10 +7,12 @@ from rest_framework.response import Response
 from simulations import selectors, services
 from simulations.budgets import budget_usage
 from simulations.filters import SimulationFilter
+from simulations.logs import log_lines_append, log_lines_since
 from simulations.models import Simulation
 from simulations.permissions import (
     AgentOfSimulationMachine,
     AgentOrStaff,
+    CanReadOrShipLogs,
     IsAgent,
     SimulationPermission,
     agent_machine_id,
@@ -21,7 +23,12 @@ from simulations.serializers import (
     DetailedSimulationSerializer,
     FailSerializer,
     HeartbeatSerializer,
+    LogAppendResultSerializer,
+    LogBatchSerializer,
+    LogPageSerializer,
+    LogsQuerySerializer,
     SimulationSerializer,
+    parse_log_batch,
 )
 
 AGENT_PERMISSIONS = [IsAuthenticated, AgentOfSimulationMachine]
@@ -116,6 +123,32 @@ class SimulationViewSet(viewsets.ModelViewSet):
         reason = serializer.validated_data.get("reason", "")
         return self._respond(services.simulation_fail(simulation=self.get_object(), reason=reason))
 
+    @extend_schema(
+        parameters=[LogsQuerySerializer],
+        responses=LogPageSerializer,
+        summary="The simulation's stdout/stderr lines after `since` (the last N are kept)",
+    )
+    @action(detail=True, methods=["get"], permission_classes=[IsAuthenticated, CanReadOrShipLogs])
+    def logs(self, request, pk=None):
+        simulation = self.get_object()
+        query = LogsQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        page = log_lines_since(simulation_id=simulation.pk, **query.validated_data)
+        return Response(page)
+
+    @extend_schema(
+        request=LogBatchSerializer,
+        responses=LogAppendResultSerializer,
+        tags=["agent"],
+        summary="Ship stdout/stderr lines (idempotent by seq)",
+    )
+    @logs.mapping.post
+    def ship_logs(self, request, pk=None):
+        simulation = self.get_object()
+        lines = parse_log_batch(request.data)
+        result = log_lines_append(simulation_id=simulation.pk, lines=lines)
+        return Response({"stored": result.stored, "duplicates": result.duplicates})
+
 
 class AgentViewSet(viewsets.GenericViewSet):
     """For the agent running on a machine, authenticated with the machine's agent token."""
@@ -133,6 +166,21 @@ class AgentViewSet(viewsets.GenericViewSet):
     @action(detail=False, methods=["post"])
     def claim(self, request):
         simulation = services.simulation_claim(machine=request.user.agent_machine)
+        if simulation is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response(self.get_serializer(simulation).data)
+
+    @extend_schema(
+        responses={
+            200: SimulationSerializer,
+            204: OpenApiResponse(description="The machine holds no simulation"),
+        },
+        tags=["agent"],
+        summary="The simulation my machine holds now (for an agent that restarted)",
+    )
+    @action(detail=False, methods=["get"])
+    def current(self, request):
+        simulation = selectors.machine_active_simulation(machine_id=request.user.agent_machine.pk)
         if simulation is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
         return Response(self.get_serializer(simulation).data)

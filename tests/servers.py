@@ -122,10 +122,13 @@ class Daphne:
         _stop_process(self.proc)
 
 
-def start_daphne(env: dict[str, str], *, unset: tuple[str, ...] = ()) -> Daphne:
-    """Serve simsched.asgi with `env` over this process's environment; returns once /health
-    answers (with any status: a test may start it with a service down)."""
-    port = free_port()
+def start_daphne(
+    env: dict[str, str], *, unset: tuple[str, ...] = (), port: int | None = None
+) -> Daphne:
+    """Serve simsched.asgi with `env` over this process's environment (on `port`, to restart a
+    server where its clients expect it); returns once /health answers (with any status: a test
+    may start it with a service down)."""
+    port = port or free_port()
     full_env = {k: v for k, v in os.environ.items() if k not in unset}
     full_env.update(env)
     log = Path(tempfile.mkstemp(prefix="daphne-", suffix=".log")[1])

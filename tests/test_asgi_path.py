@@ -149,3 +149,65 @@ async def test_a_socket_cannot_join_while_the_channel_layer_is_down(auth, simula
     message = await communicator.receive_output(timeout=TIMEOUT)
     assert message["type"] == "websocket.close"
     assert message["code"] == groups.CLOSE_LAYER_FAILED
+
+
+async def test_a_point_nobody_watches_is_not_sent_to_the_channel_layer(
+    auth, token, simulation, monkeypatch
+):
+    layer = get_channel_layer()
+    sent_to: list[str] = []
+    real_group_send = layer.group_send
+
+    async def recording_group_send(group, message):
+        sent_to.append(group)
+        await real_group_send(group, message)
+
+    monkeypatch.setattr(layer, "group_send", recording_group_send)
+    group = simulation_group(simulation.pk)
+
+    status, _ = await http_post(
+        "/convergence/data", {"simulation_id": simulation.pk, "step": 0, "loss_value": 0.5}, token
+    )
+    assert status == 201
+    assert group not in sent_to
+
+    viewer, _ = await open_viewer(simulation.pk, auth)
+    status, _ = await http_post(
+        "/convergence/data", {"simulation_id": simulation.pk, "step": 1, "loss_value": 0.4}, token
+    )
+    assert status == 201
+    message = await viewer.receive_json_from(timeout=TIMEOUT)
+    assert message["points"] == [{"step": 1, "loss": 0.4}]
+    assert sent_to.count(group) == 1
+    await viewer.disconnect()
+
+
+async def test_a_streamed_csv_export_goes_through_the_server_path_whole(token, simulation):
+    for step in range(3):
+        status, _ = await http_post(
+            "/convergence/data",
+            {"simulation_id": simulation.pk, "step": step, "loss_value": 0.5},
+            token,
+        )
+        assert status == 201
+    communicator = HttpCommunicator(
+        application,
+        "GET",
+        f"/convergence/{simulation.pk}/data?format=csv",
+        headers=[(b"host", b"testserver"), (b"authorization", f"Token {token}".encode())],
+    )
+    response = await communicator.get_response(timeout=TIMEOUT)
+    await communicator.wait(TIMEOUT)
+    assert response["status"] == 200
+    rows = response["body"].decode().splitlines()
+    assert rows[0] == "step,metric,value,timestamp"  # the whole run in long form
+    assert [row.split(",")[0] for row in rows[1:]] == ["0", "1", "2"]
+
+
+async def test_a_body_over_the_limit_is_a_413_through_the_server_path(token, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 100
+    status, body = await http_post(
+        "/convergence/data", {"simulation_id": 1, "loss_value": 0.5, "pad": "x" * 200}, token
+    )
+    assert status == 413
+    assert body["error"]["code"]

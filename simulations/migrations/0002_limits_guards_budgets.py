@@ -13,7 +13,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ('auth', '0012_alter_user_first_name_max_length'),
         ('machines', '0001_initial'),
-        ('simulations', '0001_initial'),
+        ('simulations', '0002_command_env_logs'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

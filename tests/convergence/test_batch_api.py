@@ -128,7 +128,9 @@ def test_a_conflicting_step_rejects_the_whole_batch(api, simulation):
     assert response.status_code == 409, response.content
     error = error_of(response)
     assert error["code"] == "step_conflict"
-    assert error["details"]["conflicts"] == [{"step": 5, "stored_loss": 0.5, "sent_loss": 0.9}]
+    assert error["details"]["conflicts"] == [
+        {"metric": "loss", "step": 5, "stored_loss": 0.5, "sent_loss": 0.9}
+    ]
     assert stored(simulation) == {5: 0.5}
 
 

@@ -7,6 +7,7 @@ import threading
 from datetime import UTC, datetime
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.db import connection
 from django.utils import timezone
 
@@ -103,7 +104,7 @@ def test_the_same_step_with_another_loss_is_a_conflict_and_changes_nothing(api, 
     assert error["code"] == "step_conflict"
     assert "5" in error["message"] or "5" in str(error["details"])
     conflict = error["details"]
-    assert conflict == {"step": 5, "stored_loss": 0.5, "sent_loss": 0.9}
+    assert conflict == {"metric": "loss", "step": 5, "stored_loss": 0.5, "sent_loss": 0.9}
     assert stored(simulation) == [(5, 0.5)]
 
 
@@ -355,17 +356,27 @@ def test_data_of_an_empty_simulation_is_an_empty_page(api, simulation):
     assert response.json()["results"] == []
 
 
-def test_data_as_csv_streams_the_whole_run(api, simulation):
+def streamed_text(response) -> str:
+    """The body of a streaming response, consumed as the ASGI handler does (asynchronously)."""
+
+    async def collect():
+        return b"".join([chunk async for chunk in response.streaming_content])
+
+    assert response.is_async
+    return async_to_sync(collect)().decode()
+
+
+def test_data_as_csv_of_one_metric_streams_that_series(api, simulation):
     losses = {step: 1.0 / (step + 3) for step in range(2500)}
     store_points(simulation.pk, losses)
 
-    response = api.get(f"/convergence/{simulation.pk}/data", {"format": "csv"})
+    response = api.get(f"/convergence/{simulation.pk}/data", {"format": "csv", "metric": "loss"})
 
     assert response.status_code == 200
     assert response.streaming
     assert response["Content-Type"].startswith("text/csv")
     assert f"simulation-{simulation.pk}.csv" in response["Content-Disposition"]
-    text = b"".join(response.streaming_content).decode()
+    text = streamed_text(response)
     header, *rows = list(csv.reader(io.StringIO(text)))
     assert header == ["step", "timestamp", "loss_value"]
     assert [int(row[0]) for row in rows] == list(range(2500))
@@ -377,9 +388,7 @@ def test_data_as_csv_of_an_empty_simulation_is_just_the_header(api, simulation):
     response = api.get(f"/convergence/{simulation.pk}/data", {"format": "csv"})
 
     assert response.status_code == 200
-    assert b"".join(response.streaming_content).decode().splitlines() == [
-        "step,timestamp,loss_value"
-    ]
+    assert streamed_text(response).splitlines() == ["step,metric,value,timestamp"]
 
 
 def test_data_of_an_unknown_simulation_is_404(api):

@@ -163,10 +163,49 @@ def test_a_new_machine_takes_waiting_work_at_once(staff_api):
     assert body["current_simulation"] == waiting.pk
 
 
-def test_status_given_on_create_is_ignored(staff_api):
+def test_busy_given_on_create_is_refused(staff_api):
     response = staff_api.post("/machines/", machine_payload(status="busy"), format="json")
+    assert "status" in assert_error(response, 400, "invalid")["fields"]
+    assert not Machine.objects.exists()
+
+
+def test_a_machine_created_in_maintenance_takes_no_work(staff_api):
+    waiting = make_simulation()
+    response = staff_api.post("/machines/", machine_payload(status="maintenance"), format="json")
     assert response.status_code == 201
-    assert response.json()["status"] == "available"
+    assert response.json()["status"] == "maintenance"
+    waiting.refresh_from_db()
+    assert waiting.machine_id is None
+
+
+def test_patch_with_a_status_drains_a_busy_machine_as_the_status_endpoint_does(staff_api):
+    machine = make_machine()
+    simulation = make_simulation()
+    response = staff_api.patch(
+        f"/machines/{machine.pk}", {"status": "maintenance", "hourly_cost": "5.00"}, format="json"
+    )
+    assert response.status_code == 200
+    assert (response.json()["status"], response.json()["hourly_cost"]) == ("maintenance", "5.00")
+    simulation.refresh_from_db()
+    assert simulation.machine_id == machine.pk  # it keeps its simulation
+
+
+def test_patch_back_to_available_keeps_a_busy_machine_busy(staff_api):
+    machine = make_machine()
+    make_simulation()
+    staff_api.patch(f"/machines/{machine.pk}", {"status": "maintenance"}, format="json")
+    response = staff_api.patch(f"/machines/{machine.pk}", {"status": "available"}, format="json")
+    assert response.json()["status"] == "busy"
+
+
+def test_patch_to_busy_is_refused_and_changes_nothing(staff_api):
+    machine = make_machine()
+    response = staff_api.patch(
+        f"/machines/{machine.pk}", {"status": "busy", "hourly_cost": "5.00"}, format="json"
+    )
+    assert "status" in assert_error(response, 400, "invalid")["fields"]
+    machine.refresh_from_db()
+    assert (machine.status, str(machine.hourly_cost)) == ("available", "30.00")
 
 
 def test_engineer_may_not_create_a_machine(api):

@@ -1,0 +1,173 @@
+"""Points on the wire: encoding, and delivery that tells "stored or refused" from "try later".
+
+An item is (step, {metric: value}, unix time). Writes are idempotent by (metric, step), so
+anything may be sent again; a refused request is split until the refused value is alone, so
+one bad value never costs the others."""
+
+import json
+from datetime import UTC, datetime
+from math import isfinite
+
+from simsched_agent._http import Api, Unreachable, retryable
+
+# Values per request: well under the server's 10,000 and its 4 MiB body limit.
+MAX_VALUES_PER_REQUEST = 5000
+_NONFINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+# Not the request's fault: keep the values for later (the token or the placement may change).
+KEEP_FOR_LATER = frozenset({401, 403, 404})
+
+
+class Counters:
+    """What happened to logged values (read by the training process, written by one thread)."""
+
+    __slots__ = ("stored", "duplicates", "rejected", "dropped", "spooled_steps")
+
+    def __init__(self):
+        self.stored = self.duplicates = self.rejected = self.dropped = self.spooled_steps = 0
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+_LOSS = '"loss"'
+_names: dict[str, str] = {}  # metric name -> its JSON string, encoded once
+
+
+def _name(name) -> str:
+    text = _names.get(name)
+    if text is None:
+        text = _names[name] = json.dumps(str(name))
+    return text
+
+
+def _as_step(step) -> int:
+    try:
+        return int(step)
+    except (TypeError, ValueError, OverflowError):
+        return -1
+
+
+def _as_float(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+class _Stamps:
+    """ISO 8601 timestamps at millisecond precision, formatted once per millisecond (at 10,000
+    steps/s most steps share one)."""
+
+    def __init__(self):
+        self.ms, self.text = -1, ""
+
+    def __call__(self, stamp: float) -> str:
+        ms = int(stamp * 1000)
+        if ms != self.ms:
+            moment = datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=ms % 1000 * 1000)
+            self.ms, self.text = ms, moment.isoformat(timespec="milliseconds")
+        return self.text
+
+
+def _fragment(step: int, pairs: list[str], timestamp: str) -> str:
+    """One point as JSON text, written by hand: json.dumps of a dict per point cost more than
+    the training step it reports (see bench/agent_log.py)."""
+    if len(pairs) == 1 and pairs[0].startswith(_LOSS + ":"):  # the single-series shape
+        value = pairs[0][len(_LOSS) + 1 :]
+        return f'{{"step":{step},"loss_value":{value},"timestamp":"{timestamp}"}}'
+    return f'{{"step":{step},"values":{{{",".join(pairs)}}},"timestamp":"{timestamp}"}}'
+
+
+class Sender:
+    """Posts items for one simulation. `send` returns False when the server should be tried
+    again later (unreachable, overloaded, or not accepting this token right now): the caller
+    keeps every item of that call (resending the delivered ones is harmless)."""
+
+    def __init__(self, api: Api, simulation_id: int, counters: Counters, *, timeout: float = 10):
+        self.api, self.simulation_id, self.counters, self.timeout = (
+            api,
+            simulation_id,
+            counters,
+            timeout,
+        )
+        self.path = f"/convergence/{simulation_id}/points"
+        self._stamps = _Stamps()
+
+    def send(self, items: list) -> bool:
+        chunks, chunk, size, nonfinite, rejected = [], [], 0, [], 0
+        names, stamps = _names, self._stamps
+        last_ms, timestamp = -1, ""
+        for step, values, stamp in items:  # the hot loop: kept flat on purpose
+            if type(step) is not int:
+                step = _as_step(step)
+            if step < 0 or type(values) is not dict:
+                rejected += len(values) if type(values) is dict else 1
+                continue
+            ms = int(stamp * 1000)
+            if ms != last_ms:
+                last_ms, timestamp = ms, stamps(stamp)
+            pairs = []
+            for name, value in values.items():
+                if type(value) is not float:
+                    value = _as_float(value)
+                    if value is None:
+                        rejected += 1
+                        continue
+                key = names.get(name) or _name(name)
+                if isfinite(value):
+                    pairs.append(f"{key}:{value!r}")
+                else:
+                    nonfinite.append((step, key, value, timestamp))
+            if not pairs:
+                continue
+            if len(pairs) == 1 and key == _LOSS:  # the original single-series shape
+                chunk.append(f'{{"step":{step},"loss_value":{value!r},"timestamp":"{timestamp}"}}')
+            else:
+                chunk.append(
+                    f'{{"step":{step},"values":{{{",".join(pairs)}}},"timestamp":"{timestamp}"}}'
+                )
+            size += len(pairs)
+            if size >= MAX_VALUES_PER_REQUEST:
+                chunks.append(chunk)
+                chunk, size = [], 0
+        self.counters.rejected += rejected
+        if chunk:
+            chunks.append(chunk)
+        if not all(self._post(chunk) for chunk in chunks):
+            return False
+        # Alone, so that the refusal (or the nan guard stopping the run) costs nothing else.
+        # JSON has no NaN or Infinity; Python's tokens are what the server understands.
+        return all(
+            self._post([_fragment(step, [f"{key}:{_NONFINITE[repr(value)]}"], timestamp)])
+            for step, key, value, timestamp in nonfinite
+        )
+
+    def _post(self, points: list[str]) -> bool:
+        body = ('{"points":[' + ",".join(points) + "]}").encode()
+        try:
+            status, answer = self.api.request("POST", self.path, raw=body, timeout=self.timeout)
+        except Unreachable:
+            return False
+        if status == 200 and isinstance(answer, dict):
+            self.counters.stored += int(answer.get("stored", 0))
+            self.counters.duplicates += int(answer.get("duplicates", 0))
+            return True
+        if retryable(status) or status in KEEP_FOR_LATER:
+            return False
+        return self._refused(points)
+
+    def _refused(self, points: list[str]) -> bool:
+        """400/409/413: find the refused values by halving; count them, send the rest."""
+        if len(points) > 1:
+            half = len(points) // 2
+            return self._post(points[:half]) and self._post(points[half:])
+        point = json.loads(points[0])
+        values = point.get("values")
+        if values and len(values) > 1:
+            singles = [
+                _fragment(point["step"], [f"{_name(k)}:{v!r}"], point["timestamp"])
+                for k, v in values.items()
+            ]
+            return all(self._post([single]) for single in singles)
+        self.counters.rejected += 1
+        return True

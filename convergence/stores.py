@@ -1,0 +1,289 @@
+"""Bare SQL that stores points, one small store per backend behind one interface.
+
+Every write locks the series it touches (`FOR NO KEY UPDATE` on their rows, in id order) for
+the whole write, so concurrent writers of a series queue instead of deadlocking on point and
+rollup rows locked in different orders. Each store inserts the new points and folds them into
+the rollup in as few statements as the backend allows: one on PostgreSQL.
+"""
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
+
+from django.db import connection
+
+from convergence.models import DEFAULT_METRIC, ROLLUP_LEVELS, rollup_width
+
+
+class Point(NamedTuple):  # a tuple: ten thousand of them per request are built fast
+    step: int
+    loss_value: float  # the value, whatever the metric (the API's field name)
+    timestamp: datetime
+    metric: str = DEFAULT_METRIC
+
+
+class Stored(NamedTuple):
+    """What one insert did: the series it found (metric -> id; missing ones are not created)
+    and the (metric, step) -> point id of every point it stored."""
+
+    series: dict[str, int]
+    points: dict[tuple[str, int], int]
+
+
+# Constant SQL built from code constants (never from input): the rollup levels and widths.
+_LEVELS_CTE = "levels(level, width) AS (VALUES {})".format(
+    ", ".join(f"({level}, {rollup_width(level)})" for level in ROLLUP_LEVELS)
+)
+_FINEST = rollup_width(ROLLUP_LEVELS[0])
+
+_ROLLUP_UPSERT = """
+    ON CONFLICT (simulation_id, series_id, level, bucket) DO UPDATE SET
+        count = convergence_rollup.count + excluded.count,
+        first_step = CASE WHEN excluded.first_step < convergence_rollup.first_step
+            THEN excluded.first_step ELSE convergence_rollup.first_step END,
+        first_loss = CASE WHEN excluded.first_step < convergence_rollup.first_step
+            THEN excluded.first_loss ELSE convergence_rollup.first_loss END,
+        last_step = CASE WHEN excluded.last_step > convergence_rollup.last_step
+            THEN excluded.last_step ELSE convergence_rollup.last_step END,
+        last_loss = CASE WHEN excluded.last_step > convergence_rollup.last_step
+            THEN excluded.last_loss ELSE convergence_rollup.last_loss END,
+        min_step = CASE WHEN excluded.min_loss < convergence_rollup.min_loss
+            THEN excluded.min_step ELSE convergence_rollup.min_step END,
+        min_loss = CASE WHEN excluded.min_loss < convergence_rollup.min_loss
+            THEN excluded.min_loss ELSE convergence_rollup.min_loss END,
+        max_step = CASE WHEN excluded.max_loss > convergence_rollup.max_loss
+            THEN excluded.max_step ELSE convergence_rollup.max_step END,
+        max_loss = CASE WHEN excluded.max_loss > convergence_rollup.max_loss
+            THEN excluded.max_loss ELSE convergence_rollup.max_loss END
+"""
+
+_ROLLUP_COLUMNS = """
+    INSERT INTO convergence_rollup (
+        simulation_id, series_id, level, bucket, count, first_step, first_loss, last_step,
+        last_loss, min_step, min_loss, max_step, max_loss
+    )
+"""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _epoch_microseconds(value: datetime) -> str:
+    """Exact, and a third of the cost of isoformat() for ten thousand timestamps."""
+    return str((value - _EPOCH) // _MICROSECOND)
+
+
+def _pg_array(values, to_text) -> str:
+    """A PostgreSQL array literal. Sent as one text parameter: psycopg adapts Python lists
+    element by element in Python, which costs more than the database's insert."""
+    return "{" + ",".join(map(to_text, values)) + "}"
+
+
+def _pg_text_array(values) -> str:
+    # Metric names are letters, digits and _ . / - (validated), so quoting is enough.
+    return "{" + ",".join(f'"{value}"' for value in values) + "}"
+
+
+def _metric_order(points: list[Point]) -> list[str]:
+    return sorted({p.metric for p in points})
+
+
+class PostgresStore:
+    # Lock the write's series in id order, insert the new points, fold them into the rollup:
+    # one statement, so one round trip and the points sent once. Min/max over [key, value]
+    # arrays carry the value of the extreme row; the points are grouped once into the finest
+    # buckets and every level is built from those (ties resolve to the smallest step).
+    INSERT = f"""
+        WITH {_LEVELS_CTE},
+        s AS MATERIALIZED (
+            SELECT id, metric FROM convergence_series
+            WHERE simulation_id = %s AND metric = ANY(%s::text[])
+            ORDER BY id FOR NO KEY UPDATE
+        ),
+        new AS (
+            INSERT INTO convergence_data (simulation_id, series_id, step, timestamp, loss_value)
+            SELECT %s, s.id, p.s, timestamptz 'epoch' + p.us * interval '1 microsecond', p.l
+            FROM unnest(%s::int[], %s::bigint[], %s::bigint[], %s::float8[]) AS p(k, s, us, l)
+            JOIN s ON s.metric = (%s::text[])[p.k]
+            ON CONFLICT (simulation_id, series_id, step) DO NOTHING
+            RETURNING series_id, id, step, loss_value
+        ),
+        finest AS (
+            SELECT p.series_id, p.step / {_FINEST} AS bucket, count(*) AS n,
+                min(p.step) AS fs, (min(ARRAY[p.step::float8, p.loss_value]))[2] AS fl,
+                max(p.step) AS ls, (max(ARRAY[p.step::float8, p.loss_value]))[2] AS ll,
+                (min(ARRAY[p.loss_value, p.step::float8]))[2] AS mins, min(p.loss_value) AS minl,
+                -(max(ARRAY[p.loss_value, -p.step::float8]))[2] AS maxs, max(p.loss_value) AS maxl
+            FROM new AS p
+            GROUP BY 1, 2
+        ),
+        rolled AS (
+            {_ROLLUP_COLUMNS}
+            SELECT %s, b.series_id, lv.level, b.bucket / (lv.width / {_FINEST}), sum(b.n),
+                min(b.fs), (min(ARRAY[b.fs::float8, b.fl]))[2],
+                max(b.ls), (max(ARRAY[b.ls::float8, b.ll]))[2],
+                (min(ARRAY[b.minl, b.mins]))[2]::bigint, min(b.minl),
+                -(max(ARRAY[b.maxl, -b.maxs]))[2]::bigint, max(b.maxl)
+            FROM finest AS b
+            CROSS JOIN levels AS lv
+            GROUP BY b.series_id, lv.level, b.bucket / (lv.width / {_FINEST})
+            {_ROLLUP_UPSERT}
+        )
+        SELECT s.metric, s.id, new.id, new.step FROM s LEFT JOIN new ON new.series_id = s.id
+    """
+
+    def insert(self, cursor, simulation_id: int, points: list[Point]) -> Stored:
+        """Bare SQL: lock, insert and roll up in one statement (see INSERT)."""
+        metrics = _metric_order(points)
+        index = {metric: k for k, metric in enumerate(metrics, start=1)}
+        metric_array = _pg_text_array(metrics)
+        cursor.execute(
+            self.INSERT,
+            [
+                simulation_id,
+                metric_array,
+                simulation_id,
+                _pg_array((index[p.metric] for p in points), str),
+                _pg_array((p.step for p in points), str),
+                _pg_array((p.timestamp for p in points), _epoch_microseconds),
+                _pg_array((p.loss_value for p in points), repr),
+                metric_array,
+                simulation_id,
+            ],
+        )
+        series, stored = {}, {}
+        for metric, series_id, point_id, step in cursor.fetchall():
+            series[metric] = series_id
+            if point_id is not None:
+                stored[(metric, step)] = point_id
+        return Stored(series, stored)
+
+    def create_series(self, cursor, simulation_id: int, metrics: list[str]) -> None:
+        """Bare SQL: create the missing series, in name order (concurrent creators of the same
+        names wait for each other instead of deadlocking); nothing for an unknown simulation."""
+        cursor.execute(
+            """
+            INSERT INTO convergence_series (simulation_id, metric)
+            SELECT sim.id, m.metric FROM simulations AS sim, unnest(%s::text[]) AS m(metric)
+            WHERE sim.id = %s ORDER BY m.metric
+            ON CONFLICT (simulation_id, metric) DO NOTHING
+            """,
+            [_pg_text_array(sorted(metrics)), simulation_id],
+        )
+
+    def lock_series(self, cursor, simulation_id: int, metric: str) -> int | None:
+        """Bare SQL (one statement on the no-step path): lock a series, return its id."""
+        cursor.execute(
+            """
+            SELECT id FROM convergence_series WHERE simulation_id = %s AND metric = %s
+            FOR NO KEY UPDATE
+            """,
+            [simulation_id, metric],
+        )
+        row = cursor.fetchone()
+        return row[0] if row else None
+
+
+class SqliteStore:
+    """SQLite writes one transaction at a time (the database lock), so it needs no row locks;
+    it has no arrays, so points travel as one JSON parameter and window functions pick each
+    bucket's extreme rows."""
+
+    def insert(self, cursor, simulation_id: int, points: list[Point]) -> Stored:
+        """Bare SQL: one multi-row INSERT ... ON CONFLICT DO NOTHING, then one set-based
+        rollup upsert for what it stored; the ORM can do neither."""
+        metrics = _metric_order(points)
+        cursor.execute(
+            """
+            SELECT metric, id FROM convergence_series
+            WHERE simulation_id = %s AND metric IN (SELECT value FROM json_each(%s))
+            """,
+            [simulation_id, json.dumps(metrics)],
+        )
+        series = dict(cursor.fetchall())
+        rows = [
+            [series[p.metric], p.step, _sqlite_datetime(p.timestamp), p.loss_value, p.metric]
+            for p in points
+            if p.metric in series
+        ]
+        if not rows:
+            return Stored(series, {})
+        cursor.execute(
+            """
+            INSERT INTO convergence_data (simulation_id, series_id, step, timestamp, loss_value)
+            SELECT %s, json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+                json_extract(value, '$[2]'), json_extract(value, '$[3]')
+            FROM json_each(%s) WHERE true
+            ON CONFLICT (simulation_id, series_id, step) DO NOTHING
+            RETURNING series_id, id, step
+            """,
+            [simulation_id, json.dumps(rows)],
+        )
+        names = {series_id: metric for metric, series_id in series.items()}
+        stored = {(names[sid], step): point_id for sid, point_id, step in cursor.fetchall()}
+        new = [[row[0], row[1], row[3]] for row in rows if (row[4], row[1]) in stored]
+        if new:
+            cursor.execute(self.ROLLUP, [json.dumps(new), simulation_id])
+        return Stored(series, stored)
+
+    ROLLUP = f"""
+        WITH {_LEVELS_CTE},
+        points(k, s, l) AS (
+            SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+                json_extract(value, '$[2]')
+            FROM json_each(%s)
+        ),
+        ranked AS (
+            SELECT p.k, lv.level, p.s / lv.width AS bucket,
+                count(*) OVER w AS n,
+                first_value(p.s) OVER (w ORDER BY p.s) AS fs,
+                first_value(p.l) OVER (w ORDER BY p.s) AS fl,
+                first_value(p.s) OVER (w ORDER BY p.s DESC) AS ls,
+                first_value(p.l) OVER (w ORDER BY p.s DESC) AS ll,
+                first_value(p.s) OVER (w ORDER BY p.l, p.s) AS mins,
+                first_value(p.l) OVER (w ORDER BY p.l, p.s) AS minl,
+                first_value(p.s) OVER (w ORDER BY p.l DESC, p.s) AS maxs,
+                first_value(p.l) OVER (w ORDER BY p.l DESC, p.s) AS maxl,
+                row_number() OVER (w ORDER BY p.s) AS rn
+            FROM points AS p CROSS JOIN levels AS lv
+            WINDOW w AS (PARTITION BY p.k, lv.level, p.s / lv.width)
+        )
+        {_ROLLUP_COLUMNS}
+        SELECT %s, k, level, bucket, n, fs, fl, ls, ll, mins, minl, maxs, maxl
+        FROM ranked WHERE rn = 1
+        {_ROLLUP_UPSERT}
+    """
+
+    def create_series(self, cursor, simulation_id: int, metrics: list[str]) -> None:
+        """Bare SQL: create the missing series in one statement; nothing for an unknown
+        simulation."""
+        cursor.execute(
+            """
+            INSERT INTO convergence_series (simulation_id, metric)
+            SELECT sim.id, m.value FROM simulations AS sim, json_each(%s) AS m
+            WHERE sim.id = %s
+            ON CONFLICT (simulation_id, metric) DO NOTHING
+            """,
+            [json.dumps(sorted(metrics)), simulation_id],
+        )
+
+    def lock_series(self, cursor, simulation_id: int, metric: str) -> int | None:
+        """Bare SQL, like the PostgreSQL store's; the transaction's database lock is the lock."""
+        cursor.execute(
+            "SELECT id FROM convergence_series WHERE simulation_id = %s AND metric = %s",
+            [simulation_id, metric],
+        )
+        row = cursor.fetchone()
+        return row[0] if row else None
+
+
+def _sqlite_datetime(value: datetime) -> str:
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ")
+
+
+_STORES = {"postgresql": PostgresStore(), "sqlite": SqliteStore()}
+
+
+def store():
+    """The store for the default database's backend."""
+    return _STORES[connection.vendor]

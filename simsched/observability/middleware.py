@@ -1,0 +1,59 @@
+"""Per-request observability, as the first middleware: a request id for the log lines, and for
+write requests their duration and the points they stored, by endpoint (the route's name)."""
+
+import time
+
+from django.conf import settings
+
+from simsched.observability import logs
+from simsched.observability.metrics import POINTS_INGESTED, WRITE_DURATION, record_pool_use
+
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Route names of the point writes, and how to read how many points a success stored.
+SINGLE_POINT_ENDPOINTS = frozenset({"convergence-add-point", "convergence-add-bare-sql"})
+BATCH_ENDPOINTS = frozenset({"convergence-add-points"})
+# A single-point body this small is kept, so log lines can name its simulation.
+SMALL_BODY_BYTES = 4096
+POOL_SAMPLE_SECONDS = 1.0
+
+
+class ObservabilityMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+        self.pool_sampled_at = 0.0
+
+    def __call__(self, request):
+        logs.bind_request(request)
+        started = time.perf_counter()
+        response = self.get_response(request)
+        response[logs.REQUEST_ID_HEADER] = request.request_id
+        if request.method in WRITE_METHODS:
+            self._count_write(request, response, time.perf_counter() - started)
+        return response
+
+    def process_view(self, request, view_func, view_args, view_kwargs):
+        match = request.resolver_match
+        if match.url_name in SINGLE_POINT_ENDPOINTS and request.method == "POST":
+            try:
+                length = int(request.META.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                return None
+            # Never past the upload limit: reading it here would turn DRF's 413 into a 400.
+            if length <= min(SMALL_BODY_BYTES, settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 0):
+                request.body  # noqa: B018 - kept for the log lines; DRF reads it from there
+        return None
+
+    def _count_write(self, request, response, seconds: float) -> None:
+        match = getattr(request, "resolver_match", None)
+        endpoint = (match.url_name if match is not None else None) or "unmatched"
+        WRITE_DURATION.labels(endpoint).observe(seconds)
+        if endpoint in SINGLE_POINT_ENDPOINTS and response.status_code == 201:
+            POINTS_INGESTED.labels(endpoint).inc()
+        elif endpoint in BATCH_ENDPOINTS and response.status_code == 200:
+            stored = getattr(response, "data", None)
+            if isinstance(stored, dict) and stored.get("stored"):
+                POINTS_INGESTED.labels(endpoint).inc(stored["stored"])
+        now = time.monotonic()
+        if now - self.pool_sampled_at >= POOL_SAMPLE_SECONDS:
+            self.pool_sampled_at = now
+            record_pool_use()

@@ -1,0 +1,284 @@
+"""The machine agent, `simsched-agent`, running real commands for a real server."""
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from machines.models import Machine
+from simulations.models import LogLine, Simulation
+from tests.agent.conftest import HEARTBEAT, PYTHON, script, simulation_running, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _status(simulation) -> str:
+    simulation.refresh_from_db()
+    return simulation.status
+
+
+def _final(simulation):
+    wait_for(lambda: _status(simulation) in Simulation.FINAL, f"simulation {simulation.pk} to end")
+    return simulation
+
+
+def _machine_status(machine) -> str:
+    return Machine.objects.get(pk=machine.pk).status
+
+
+def _log_text(simulation) -> list[tuple[str, str]]:
+    return list(
+        LogLine.objects.filter(simulation=simulation).order_by("seq").values_list("stream", "line")
+    )
+
+
+def test_a_command_that_exits_0_finishes_with_its_output_and_points(
+    server, agents, owner, machine, machine_token, tmp_path
+):
+    train = script(
+        tmp_path,
+        "train.py",
+        """
+        import sys, simsched_agent
+        with simsched_agent.init() as run:
+            for step in range(300):
+                run.log(step, loss=1.0 / (step + 1))
+            print("trained 300 steps")
+            print("a warning", file=sys.stderr)
+        """,
+    )
+    simulation = simulation_running(owner, machine, [PYTHON, str(train)])
+    agents(server.url, machine_token)
+    assert _final(simulation).status == Simulation.Status.FINISHED, simulation.failure_reason
+    assert simulation.points.count() == 300
+    assert sorted(simulation.points.values_list("step", flat=True)) == list(range(300))
+    assert _log_text(simulation) == [("stdout", "trained 300 steps"), ("stderr", "a warning")]
+    assert _machine_status(machine) == Machine.Status.AVAILABLE
+
+
+def test_the_child_gets_its_env_the_simsched_variables_and_its_working_dir(
+    server, agents, owner, machine, machine_token, tmp_path
+):
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    dump = script(
+        tmp_path,
+        "dump.py",
+        """
+        import json, os
+        keys = ["HF_TOKEN", "SIMSCHED_URL", "SIMSCHED_SIMULATION_ID", "SIMSCHED_TOKEN"]
+        json.dump({"cwd": os.getcwd(), **{k: os.environ.get(k) for k in keys}},
+                  open("seen.json", "w"))
+        """,
+    )
+    simulation = simulation_running(
+        owner,
+        machine,
+        [PYTHON, str(dump)],
+        env={"HF_TOKEN": "hf_secret"},
+        working_dir=str(workdir),
+    )
+    agent = agents(server.url, machine_token)
+    assert _final(simulation).status == Simulation.Status.FINISHED
+    seen = json.loads((workdir / "seen.json").read_text())
+    assert seen["cwd"] == str(workdir)
+    assert seen["HF_TOKEN"] == "hf_secret"
+    assert seen["SIMSCHED_URL"] == server.url
+    assert seen["SIMSCHED_SIMULATION_ID"] == str(simulation.pk)
+    assert seen["SIMSCHED_TOKEN"] == machine_token
+    assert "hf_secret" not in agent.output()
+
+
+def test_a_crashing_command_fails_with_its_exit_code_and_stderr_tail(
+    server, agents, owner, machine, machine_token, tmp_path
+):
+    crash = script(
+        tmp_path,
+        "crash.py",
+        """
+        import sys
+        print("step 1")
+        print("Traceback (most recent call last):", file=sys.stderr)
+        print("RuntimeError: CUDA out of memory", file=sys.stderr)
+        sys.exit(3)
+        """,
+    )
+    simulation = simulation_running(owner, machine, [PYTHON, str(crash)])
+    agents(server.url, machine_token)
+    assert _final(simulation).status == Simulation.Status.FAILED
+    assert "exit code 3" in simulation.failure_reason
+    assert "RuntimeError: CUDA out of memory" in simulation.failure_reason
+    assert ("stderr", "RuntimeError: CUDA out of memory") in _log_text(simulation)
+    assert _machine_status(machine) == Machine.Status.AVAILABLE
+
+
+def test_a_command_killed_by_a_signal_fails_naming_the_signal(
+    server, agents, owner, machine, machine_token, tmp_path
+):
+    killed = script(
+        tmp_path, "killed.py", "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n"
+    )
+    simulation = simulation_running(owner, machine, [PYTHON, str(killed)])
+    agents(server.url, machine_token)
+    assert _final(simulation).status == Simulation.Status.FAILED
+    assert "killed by signal 11 (SIGSEGV)" in simulation.failure_reason
+
+
+def test_a_command_that_cannot_start_fails_clearly(server, agents, owner, machine, machine_token):
+    simulation = simulation_running(owner, machine, ["/nonexistent/train"])
+    agents(server.url, machine_token)
+    assert _final(simulation).status == Simulation.Status.FAILED
+    assert "exit code 127" in simulation.failure_reason
+    assert "/nonexistent/train" in simulation.failure_reason
+
+
+def test_cancel_sends_sigterm_within_a_heartbeat_and_the_machine_takes_the_next_run_after_exit(
+    server, agents, owner, owner_api, machine, machine_token, tmp_path
+):
+    marks = tmp_path / "marks"
+    trap = script(
+        tmp_path,
+        "trap.py",
+        f"""
+        import signal, sys, time
+        def on_term(*_):
+            open({str(marks)!r}, "a").write(f"term {{time.time()}}\\n")
+            time.sleep(1.0)  # cleaning up: the machine is not free yet
+            open({str(marks)!r}, "a").write(f"exit {{time.time()}}\\n")
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, on_term)
+        print("ready", flush=True)
+        while True:
+            time.sleep(0.05)
+        """,
+    )
+    simulation = simulation_running(owner, machine, [PYTHON, str(trap)])
+    agents(server.url, machine_token)
+    wait_for(lambda: ("stdout", "ready") in _log_text(simulation), "the command to start")
+    cancelled_at = time.time()
+    assert owner_api.post(f"/simulations/{simulation.pk}/cancel").status_code == 200
+    wait_for(lambda: marks.exists() and "exit" in marks.read_text(), "the command to exit")
+    term_at = float(marks.read_text().split()[1])
+    assert term_at - cancelled_at <= HEARTBEAT + 1.0
+    # The next simulation pinned to the machine starts only once the first command is gone.
+    done = script(tmp_path, "done.py", "print('next')\n")
+    following = simulation_running(owner, machine, [PYTHON, str(done)])
+    assert _final(following).status == Simulation.Status.FINISHED
+    exited_at = float(marks.read_text().split()[3])
+    assert following.started_at.timestamp() >= exited_at
+
+
+def test_a_command_that_ignores_sigterm_is_killed_after_the_grace(
+    server, agents, owner, owner_api, machine, machine_token, tmp_path
+):
+    stubborn = script(
+        tmp_path,
+        "stubborn.py",
+        """
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("ready", flush=True)
+        while True:
+            time.sleep(0.05)
+        """,
+    )
+    simulation = simulation_running(owner, machine, [PYTHON, str(stubborn)])
+    agent = agents(server.url, machine_token)
+    wait_for(lambda: ("stdout", "ready") in _log_text(simulation), "the command to start")
+    owner_api.post(f"/simulations/{simulation.pk}/cancel")
+    wait_for(lambda: "grace over, SIGKILL" in agent.output(), "the SIGKILL")
+    wait_for(lambda: not (agent_state(agent)).exists(), "the agent to let the run go")
+
+
+def agent_state(agent):
+    return agent.log.with_name("state") / "current.json"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_an_agent_killed_mid_run_adopts_its_still_running_command_when_restarted(
+    server, agents, owner, machine, machine_token, tmp_path
+):
+    train = script(
+        tmp_path,
+        "train.py",
+        """
+        import time, simsched_agent
+        with simsched_agent.init() as run:
+            for step in range(400):
+                run.log(step, loss=1.0 / (step + 1))
+                if step % 50 == 0:
+                    print(f"step {step}", flush=True)
+                time.sleep(0.01)
+        """,
+    )
+    simulation = simulation_running(owner, machine, [PYTHON, str(train)])
+    agent = agents(server.url, machine_token)
+    wait_for(lambda: ("stdout", "step 50") in _log_text(simulation), "the run to be underway")
+    state = json.loads(agent_state(agent).read_text())
+    agent.kill()
+    assert _pid_alive(state["pid"])  # the command lives on in its own process group
+    assert _status(simulation) == Simulation.Status.RUNNING
+    restarted = agents(server.url, machine_token)
+    assert _final(simulation).status == Simulation.Status.FINISHED, simulation.failure_reason
+    assert "adopting pid" in restarted.output()
+    assert sorted(simulation.points.values_list("step", flat=True)) == list(range(400))
+    lines = [line for _, line in _log_text(simulation)]
+    assert lines == [f"step {s}" for s in range(0, 400, 50)]  # each once, in order
+    assert _machine_status(machine) == Machine.Status.AVAILABLE
+
+
+def test_a_command_that_ended_while_its_agent_was_down_is_reported_on_restart(
+    server, agents, owner, machine, machine_token, tmp_path
+):
+    go = tmp_path / "go"
+    waits = script(
+        tmp_path,
+        "waits.py",
+        f"""
+        import os, sys, time
+        print("waiting", flush=True)
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.02)
+        print("gave up", file=sys.stderr)
+        sys.exit(4)
+        """,
+    )
+    simulation = simulation_running(owner, machine, [PYTHON, str(waits)])
+    agent = agents(server.url, machine_token)
+    wait_for(lambda: ("stdout", "waiting") in _log_text(simulation), "the command to start")
+    pid = json.loads(agent_state(agent).read_text())["pid"]
+    agent.kill()
+    go.touch()
+    wait_for(lambda: not _pid_alive(pid), "the command to end")
+    agents(server.url, machine_token)
+    assert _final(simulation).status == Simulation.Status.FAILED
+    assert "exit code 4" in simulation.failure_reason and "gave up" in simulation.failure_reason
+    assert _machine_status(machine) == Machine.Status.AVAILABLE
+
+
+def test_a_running_simulation_with_nothing_on_the_machine_is_failed_when_the_agent_starts(
+    server, agents, owner, machine, machine_token, tmp_path
+):
+    sleeper = script(
+        tmp_path, "sleeper.py", "import time\nprint('up', flush=True)\ntime.sleep(600)\n"
+    )
+    simulation = simulation_running(owner, machine, [PYTHON, str(sleeper)])
+    agent = agents(server.url, machine_token)
+    wait_for(lambda: ("stdout", "up") in _log_text(simulation), "the command to start")
+    pid = json.loads(agent_state(agent).read_text())["pid"]
+    agent.kill()
+    os.killpg(pid, signal.SIGKILL)  # the machine rebooted: nothing of the run is left
+    agent_state(agent).unlink()
+    agents(server.url, machine_token)
+    assert _final(simulation).status == Simulation.Status.FAILED
+    assert "found no process" in simulation.failure_reason
+    assert _machine_status(machine) == Machine.Status.AVAILABLE
