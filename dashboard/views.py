@@ -32,3 +32,15 @@ def simulation_page(request, simulation_id: int):
         **selectors.simulation_page_data(simulation=simulation),
     }
     return render(request, "dashboard/simulation.html", context)
+
+
+@login_required
+def compare_page(request):
+    """One metric of several runs overlaid (`?simulations=1,2,3&metric=loss`); the chart's data
+    comes from /convergence/compare, which refuses runs the caller may not read."""
+    ids = request.GET.get("simulations", "")
+    context = {
+        "simulation_ids": ",".join(part for part in ids.split(",") if part.strip().isdigit()),
+        "metric": request.GET.get("metric", "loss")[:100],
+    }
+    return render(request, "dashboard/compare.html", context)

@@ -159,6 +159,7 @@ function applySimulation(simulation) {
   if (isNew) {
     row = newRow("simulation-row");
     row.dataset.id = simulation.id;
+    row.querySelector(".compare-pick").value = simulation.id;
     insertSimulationRow(row);
   }
   const changed = cell(row, "status").dataset.status !== simulation.status;
@@ -317,6 +318,14 @@ function showUtilisationValue(key, value) {
   tiles.querySelector(`[data-u="${key}"]`).textContent = formatPercent(value);
   tiles.querySelector(`[data-u-meter="${key}"]`).style.width = formatPercent(value);
 }
+
+// "Compare selected": the ticked simulations, in the order shown, on the compare page.
+document.getElementById("compare-link").addEventListener("click", (event) => {
+  const picked = [...document.querySelectorAll(".compare-pick:checked")].map((box) => box.value);
+  event.currentTarget.href = picked.length
+    ? `${event.currentTarget.dataset.base}?simulations=${picked.join(",")}`
+    : event.currentTarget.dataset.base;
+});
 
 formatRenderedCells();
 new LiveSocket(config.wsPath, {

@@ -491,7 +491,8 @@ function onMessage(message) {
     showStatus(message.simulation.status, message.simulation);
     backfill().catch(showError);
   } else if (message.type === "points") {
-    addPoints(message.points);
+    // The loss chart: points of other series carry their metric, loss points do not.
+    addPoints(message.points.filter((p) => (p.metric || "loss") === "loss"));
   } else if (message.type === "status") {
     showStatus(message.status, message.simulation);
   }

@@ -1,0 +1,178 @@
+// The compare page: one metric of several runs on one chart, one line per run with a legend.
+// Zoom re-queries /convergence/compare for the window; running runs get their new points live.
+
+import {
+  LiveSocket,
+  formatInt,
+  formatLoss,
+  getJSON,
+  withQuery,
+} from "./live.js";
+
+const COLORS = ["#4f9dff", "#f5a524", "#3ccf91", "#ef5b5b", "#b47cff", "#2ec4d6", "#e879b9",
+  "#a3be3c", "#ff8a4c", "#8b95a3"];
+const MAX_POINTS = 1000;
+
+const root = document.getElementById("compare");
+const $ = (id) => document.getElementById(id);
+const state = { ids: [], metric: "loss", from: null, to: null, sockets: new Map() };
+
+function parseIds(text) {
+  return [...new Set(text.split(",").map((s) => s.trim()).filter((s) => /^\d+$/.test(s)))];
+}
+
+function createChart() {
+  const { Chart } = window;
+  Chart.defaults.color = "#8b95a3";
+  Chart.defaults.borderColor = "#262d38";
+  return new Chart($("chart"), {
+    type: "line",
+    data: { datasets: [] },
+    options: {
+      parsing: false,
+      normalized: true,
+      animation: false,
+      maintainAspectRatio: false,
+      elements: { point: { radius: 0, hoverRadius: 3, hitRadius: 4 }, line: { tension: 0 } },
+      interaction: { mode: "nearest", axis: "x", intersect: false },
+      scales: {
+        x: { type: "linear", title: { display: true, text: "step" },
+          ticks: { maxRotation: 0, callback: (v) => formatInt(v) } },
+        y: { type: "linear", title: { display: true, text: state.metric } },
+      },
+      plugins: {
+        legend: { display: true, position: "bottom" },
+        tooltip: { callbacks: {
+          title: (items) => `step ${formatInt(items[0].parsed.x)}`,
+          label: (item) => ` ${item.dataset.label}  ${formatLoss(item.parsed.y)}`,
+        } },
+      },
+    },
+  });
+}
+
+let chart = null;
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message || "";
+  box.hidden = !message;
+}
+
+function renderRuns(runs) {
+  const body = $("runs").querySelector("tbody");
+  body.replaceChildren(...runs.map((run, index) => {
+    const row = document.createElement("tr");
+    row.dataset.id = run.simulation_id;
+    const link = document.createElement("a");
+    link.href = root.dataset.pageUrl.replace(/0$/, String(run.simulation_id));
+    link.textContent = run.name;
+    link.style.color = COLORS[index % COLORS.length];
+    const cells = [link, run.status, run.machine_name || "—", formatInt(run.raw_points),
+      formatInt(run.returned_points)];
+    for (const value of cells) {
+      const cell = document.createElement("td");
+      if (value instanceof Node) cell.append(value); else cell.textContent = value;
+      row.append(cell);
+    }
+    row.children[3].className = row.children[4].className = "num";
+    return row;
+  }));
+}
+
+async function load() {
+  if (!state.ids.length) {
+    showError("Choose runs: tick them on the fleet page, or type their ids above.");
+    return;
+  }
+  const params = { simulations: state.ids.join(","), metric: state.metric, max_points: MAX_POINTS };
+  if (state.from !== null) params.from_step = state.from;
+  if (state.to !== null) params.to_step = state.to;
+  try {
+    const body = await getJSON(withQuery(root.dataset.compareUrl, params));
+    showError("");
+    chart.data.datasets = body.simulations.map((run, index) => ({
+      label: `${run.name} (#${run.simulation_id})`,
+      simulationId: run.simulation_id,
+      data: run.points.map((p) => ({ x: p.step, y: p.loss })),
+      borderColor: COLORS[index % COLORS.length],
+      borderWidth: 1.5,
+    }));
+    chart.options.scales.y.title.text = state.metric;
+    chart.update();
+    renderRuns(body.simulations);
+    $("chart-info").textContent =
+      `${body.simulations.length} run(s) · ${state.metric} · at most ${MAX_POINTS} points each, ` +
+      "every bucket's first, min, max and last kept";
+    watchRunning(body.simulations);
+  } catch (error) {
+    showError(error.message);
+  }
+}
+
+function watchRunning(runs) {
+  const running = new Set(runs.filter((r) => !r.is_complete).map((r) => r.simulation_id));
+  for (const [id, socket] of state.sockets) {
+    if (!running.has(id)) { socket.close(); state.sockets.delete(id); }
+  }
+  for (const id of running) {
+    if (state.sockets.has(id)) continue;
+    const socket = new LiveSocket(`/ws/convergence/${id}`, {
+      onMessage: (message) => onLive(id, message),
+    });
+    socket.open();
+    state.sockets.set(id, socket);
+  }
+}
+
+function onLive(simulationId, message) {
+  if (message.type !== "points" || state.to !== null) return;  // a zoomed window stays put
+  const dataset = chart.data.datasets.find((d) => d.simulationId === simulationId);
+  if (!dataset) return;
+  const last = dataset.data.length ? dataset.data[dataset.data.length - 1].x : -1;
+  for (const point of message.points) {
+    if ((point.metric || "loss") === state.metric && point.step > last) {
+      dataset.data.push({ x: point.step, y: point.loss });
+    }
+  }
+  chart.update("none");
+}
+
+function updateUrl() {
+  const url = new URL(location.href);
+  url.searchParams.set("simulations", state.ids.join(","));
+  url.searchParams.set("metric", state.metric);
+  history.replaceState(null, "", url);
+}
+
+function start() {
+  chart = createChart();
+  state.ids = parseIds(root.dataset.simulations || "");
+  state.metric = root.dataset.metric || "loss";
+  $("compare-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    state.ids = parseIds($("simulations").value);
+    state.metric = $("metric").value.trim() || "loss";
+    updateUrl();
+    load();
+  });
+  $("zoom-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const from = $("from-step").value, to = $("to-step").value;
+    state.from = from === "" ? null : Number(from);
+    state.to = to === "" ? null : Number(to);
+    load();
+  });
+  $("zoom-reset").addEventListener("click", () => {
+    $("from-step").value = $("to-step").value = "";
+    state.from = state.to = null;
+    load();
+  });
+  $("log-scale").addEventListener("change", (event) => {
+    chart.options.scales.y.type = event.target.checked ? "logarithmic" : "linear";
+    chart.update();
+  });
+  load();
+}
+
+window.addEventListener("load", start);
