@@ -16,9 +16,7 @@ from tests.agent.conftest import PYTHON, script, simulation_running, wait_for
 from tests.servers import BIN, REPO, database_url, free_port, start_daphne
 
 pytestmark = pytest.mark.slow
-# The series the outage test logs (the server stores one series per simulation until the
-# multi-series work lands; then: loss, lr, val/loss).
-SERIES = ("loss",)
+SERIES = ("loss", "lr", "val/loss")  # what the outage test logs at every step
 
 
 def _env(url: str, token: str, simulation, spool) -> dict:
@@ -31,10 +29,9 @@ def _env(url: str, token: str, simulation, spool) -> dict:
     }
 
 
-def _stored(simulation) -> dict[int, float]:
-    return dict(
-        ConvergencePoint.objects.filter(simulation=simulation).values_list("step", "loss_value")
-    )
+def _stored(simulation, metric: str = "loss") -> dict[int, float]:
+    rows = ConvergencePoint.objects.filter(simulation=simulation, series__metric=metric)
+    return dict(rows.values_list("step", "loss_value"))
 
 
 def _last_json(output: str) -> dict:
@@ -243,8 +240,10 @@ def test_a_server_stopped_for_30_s_mid_run_loses_nothing_and_stores_each_value_o
         values = len(SERIES) * steps
         # Some answers were lost with the server: their values came back as duplicates.
         assert stats["stored"] <= values <= stats["stored"] + stats["duplicates"]
-        stored = _stored(simulation)
-        assert len(stored) == steps and sorted(stored) == list(range(steps))
-        assert all(stored[s] == math.exp(-s / 10_000) for s in range(steps))  # exactly
+        assert ConvergencePoint.objects.filter(simulation=simulation).count() == values
+        for offset, metric in enumerate(SERIES):
+            stored = _stored(simulation, metric)
+            assert sorted(stored) == list(range(steps))
+            assert all(stored[s] == math.exp(-s / 10_000) + offset for s in range(steps))
     finally:
         restarted.stop()

@@ -150,7 +150,8 @@ def test_demo_agents_claim_report_and_finish_over_http(live_server):
     worker.join()
     simulation.refresh_from_db()
     assert simulation.status == Simulation.Status.FINISHED
-    assert simulation.points.count() == 120
+    assert simulation.points.filter(series__metric="loss").count() == 120
+    assert simulation.points.filter(series__metric="lr").count() == 120
     assert Machine.objects.get(pk=machine.pk).status == Machine.Status.AVAILABLE
 
 

@@ -40,8 +40,8 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--series",
-            default="loss",
-            help="The demo runs' series, e.g. loss,lr,val/loss (the server stores one for now).",
+            default="loss,lr,val/loss",
+            help="The demo runs' series (comma-separated).",
         )
         parser.add_argument("--state-dir", default=None, help="Base of the agents' state.")
         parser.add_argument("--duration", type=float, default=None, help="Stop after N seconds.")
