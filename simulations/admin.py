@@ -22,6 +22,14 @@ class SimulationAdminForm(forms.ModelForm):
         fields += ["required_cpu_cores", "pinned_machine", "max_duration", "guards"]
         fields += ["preemptible", "preempt_grace", "command", "env", "working_dir"]
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["preempt_grace"].required = False  # the model's default when left out
+
+    def clean_preempt_grace(self):
+        value = self.cleaned_data.get("preempt_grace")
+        return Simulation._meta.get_field("preempt_grace").default if value is None else value
+
     def clean_guards(self):
         """The same rules as the API's (a bad guard is a form error, not a server error)."""
         try:

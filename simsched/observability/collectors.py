@@ -101,7 +101,8 @@ def _guard_stops():
         .values_list("stopped_by")
         .annotate(n=Count("id"))
     )
-    for kind, count in sorted(rows):
+    counts = dict.fromkeys((k for k in Simulation.StoppedBy.values if k), 0) | dict(rows)
+    for kind, count in sorted(counts.items()):  # every kind, 0 included, so the series exists
         family.add_metric([kind], count)
     yield family
 

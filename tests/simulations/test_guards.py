@@ -394,3 +394,29 @@ def test_the_stop_is_in_the_socket_payload(user):
     payload = simulation_payload(simulation)
     assert payload["status"] == "timed_out" and payload["stopped_by"] == "max_duration"
     assert payload["saved_hours"] == "0.0000"
+
+
+def test_a_guard_on_a_named_series_sees_only_that_series(user):
+    simulation, machine = running(user, guards={"divergence": {"metric": "val/loss", "factor": 3}})
+    agent = agent_client(machine)
+    points = [{"step": 0, "values": {"loss": 1.0, "val/loss": 1.0}}]
+    points += [{"step": 1, "values": {"loss": 9.0, "val/loss": 1.1}}]
+    response = agent.post(f"/convergence/{simulation.pk}/points", {"points": points}, format="json")
+    assert response.status_code == 200, response.content
+    simulation.refresh_from_db()
+    assert simulation.status == S.RUNNING  # loss went up 9x, but the guard watches val/loss
+    points = [{"step": 2, "values": {"val/loss": 3.5}}]
+    agent.post(f"/convergence/{simulation.pk}/points", {"points": points}, format="json")
+    simulation = assert_stopped(simulation, machine, S.FAILED, "divergence")
+    assert "val/loss" in simulation.stop_reason
+
+
+def test_a_non_finite_value_of_a_named_series_names_it(user):
+    simulation, machine = running(user)
+    points = [{"step": 4, "values": {"loss": 0.3, "grad_norm": "Infinity"}}]
+    response = agent_client(machine).post(
+        f"/convergence/{simulation.pk}/points", {"points": points}, format="json"
+    )
+    assert assert_error(response, 400)["details"]["stop_step"] == 4
+    simulation = assert_stopped(simulation, machine, S.FAILED, "nan")
+    assert simulation.stop_reason == "non-finite grad_norm at step 4"
