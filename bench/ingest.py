@@ -56,16 +56,31 @@ def phase_batch(server, token, simulation_id, bodies) -> dict:
     return {"stored": stored, "seconds": elapsed}
 
 
+def series_of(conn, simulation_id: int, metric: str = "loss") -> int:
+    """The series id of (simulation, metric), created if new."""
+    conn.execute(
+        "INSERT INTO convergence_series (simulation_id, metric) VALUES (%s, %s) "
+        "ON CONFLICT DO NOTHING",
+        [simulation_id, metric],
+    )
+    return conn.execute(
+        "SELECT id FROM convergence_series WHERE simulation_id = %s AND metric = %s",
+        [simulation_id, metric],
+    ).fetchone()[0]
+
+
 def phase_copy(conn, simulation_id, first, last) -> dict:
     """The same rows through psycopg 3 COPY straight into convergence_data (no rollup)."""
+    series_id = series_of(conn, simulation_id)
     rows = [
-        (simulation_id, step, BASE_TIME + timedelta(milliseconds=step), loss_at(step))
+        (simulation_id, series_id, step, BASE_TIME + timedelta(milliseconds=step), loss_at(step))
         for step in range(first, last)
     ]
     started = time.perf_counter()
     with conn.cursor() as cur:
         with cur.copy(
-            "COPY convergence_data (simulation_id, step, timestamp, loss_value) FROM STDIN"
+            "COPY convergence_data (simulation_id, series_id, step, timestamp, loss_value) "
+            "FROM STDIN"
         ) as copy:
             for row in rows:
                 copy.write_row(row)
@@ -170,7 +185,7 @@ def phase_single(server, token, simulation_ids, *, clients, per_client) -> dict:
     }
 
 
-def load_big(simulation_id: int, total: int) -> float:
+def load_big(simulation_id: int, total: int, metric: str = "loss") -> float:
     """Fill a simulation fast: generate the rows in PostgreSQL, then build each rollup level
     with one INSERT ... SELECT ... GROUP BY (level 1 from the points, level L+1 from level L),
     with the same semantics as convergence/services.py."""
@@ -178,43 +193,48 @@ def load_big(simulation_id: int, total: int) -> float:
 
     started = time.perf_counter()
     with psycopg.connect(common.DATABASE_URL) as conn:
+        series_id = series_of(conn, simulation_id, metric)
         conn.execute(
             """
-            INSERT INTO convergence_data (simulation_id, step, timestamp, loss_value)
-            SELECT %s, g, %s::timestamptz + g * interval '1 millisecond',
+            INSERT INTO convergence_data (simulation_id, series_id, step, timestamp, loss_value)
+            SELECT %s, %s, g, %s::timestamptz + g * interval '1 millisecond',
                 2.5 * exp(-g / 2500000.0) + 0.05 * sin(g * 0.37) + 0.1
                     + CASE WHEN g %% 1000003 = 17 THEN 3 ELSE 0 END
             FROM generate_series(0, %s - 1) AS g
             """,
-            [simulation_id, BASE_TIME, total],
+            [simulation_id, series_id, BASE_TIME, total],
         )
         conn.execute(
             """
-            INSERT INTO convergence_rollup (simulation_id, level, bucket, count, first_step,
-                first_loss, last_step, last_loss, min_step, min_loss, max_step, max_loss)
-            SELECT %s, 1, step / 16, count(*),
+            INSERT INTO convergence_rollup (simulation_id, series_id, level, bucket, count,
+                first_step, first_loss, last_step, last_loss, min_step, min_loss, max_step,
+                max_loss)
+            SELECT %s, %s, 1, step / 16, count(*),
                 min(step), (min(ARRAY[step::float8, loss_value]))[2],
                 max(step), (max(ARRAY[step::float8, loss_value]))[2],
                 (min(ARRAY[loss_value, step::float8]))[2]::bigint, min(loss_value),
                 -(max(ARRAY[loss_value, -step::float8]))[2]::bigint, max(loss_value)
-            FROM convergence_data WHERE simulation_id = %s GROUP BY step / 16
+            FROM convergence_data WHERE simulation_id = %s AND series_id = %s
+            GROUP BY step / 16
             """,
-            [simulation_id, simulation_id],
+            [simulation_id, series_id, simulation_id, series_id],
         )
         for level in range(2, 7):
             conn.execute(
                 """
-                INSERT INTO convergence_rollup (simulation_id, level, bucket, count, first_step,
-                    first_loss, last_step, last_loss, min_step, min_loss, max_step, max_loss)
-                SELECT %s, %s, bucket / 16, sum(count),
+                INSERT INTO convergence_rollup (simulation_id, series_id, level, bucket, count,
+                    first_step, first_loss, last_step, last_loss, min_step, min_loss, max_step,
+                    max_loss)
+                SELECT %s, %s, %s, bucket / 16, sum(count),
                     min(first_step), (min(ARRAY[first_step::float8, first_loss]))[2],
                     max(last_step), (max(ARRAY[last_step::float8, last_loss]))[2],
                     (min(ARRAY[min_loss, min_step::float8]))[2]::bigint, min(min_loss),
                     -(max(ARRAY[max_loss, -max_step::float8]))[2]::bigint, max(max_loss)
-                FROM convergence_rollup WHERE simulation_id = %s AND level = %s
+                FROM convergence_rollup
+                WHERE simulation_id = %s AND series_id = %s AND level = %s
                 GROUP BY bucket / 16
                 """,
-                [simulation_id, level, simulation_id, level - 1],
+                [simulation_id, series_id, level, simulation_id, series_id, level - 1],
             )
         conn.execute("ANALYZE convergence_data")
         conn.execute("ANALYZE convergence_rollup")

@@ -12,7 +12,7 @@ def rollup_width(level: int) -> int:
 
 
 METRIC_MAX_LENGTH = 100
-METRIC_PATTERN = r"[A-Za-z0-9_./-]{1,100}"
+METRIC_PATTERN = r"^[A-Za-z0-9_./-]{1,100}\Z"  # anchored: validators search
 DEFAULT_METRIC = "loss"
 
 

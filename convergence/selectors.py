@@ -451,15 +451,8 @@ def _csv_chunks(simulation_id: int, names: list[tuple[int, str]], *, long_form: 
         )
     else:
         writer.writerow(["step", "metric", "value", "timestamp"])
-        per_series = [
-            (
-                (step, metric, value, stamp)
-                for step, stamp, value in _series_rows(
-                    simulation_id, series_id, CSV_CHUNK_ROWS // max(len(names), 1) + 1
-                )
-            )
-            for series_id, metric in names
-        ]
+        chunk = CSV_CHUNK_ROWS // max(len(names), 1) + 1
+        per_series = [_named_rows(simulation_id, sid, metric, chunk) for sid, metric in names]
         rows = (
             (step, metric, repr(value), _csv_timestamp(stamp))
             for step, metric, value, stamp in heapq.merge(*per_series, key=_step_then_metric)
@@ -471,6 +464,11 @@ def _csv_chunks(simulation_id: int, names: list[tuple[int, str]], *, long_form: 
             buffer.seek(0)
             buffer.truncate()
     yield buffer.getvalue().encode()
+
+
+def _named_rows(simulation_id: int, series_id: int, metric: str, chunk: int):
+    for step, stamp, value in _series_rows(simulation_id, series_id, chunk):
+        yield step, metric, value, stamp
 
 
 def _step_then_metric(row: tuple) -> tuple:

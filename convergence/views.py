@@ -1,11 +1,14 @@
+from base64 import b64decode
+from urllib.parse import parse_qs
+
 from django.db.models import CharField, Value
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
-from rest_framework.pagination import CursorPagination
+from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.renderers import BaseRenderer
 from rest_framework.response import Response
 
@@ -53,17 +56,31 @@ class StepCursorPagination(CursorPagination):
     max_page_size = 10_000
 
     def decode_cursor(self, request):
-        try:
-            cursor = super().decode_cursor(request)
-        except NotFound as exc:
-            raise ValidationError({"cursor": [ERR_INVALID_CURSOR]}) from exc
-        if cursor is None:
+        encoded = request.query_params.get(self.cursor_query_param)
+        if encoded is None:
             return None
-        position = cursor.position
-        if position is not None:
-            if not (position.isascii() and position.isdigit()) or int(position) > MAX_STEP:
-                raise ValidationError({"cursor": [ERR_INVALID_CURSOR]})
-        return cursor
+        try:
+            text = b64decode(encoded.encode("ascii"), validate=True).decode("ascii")
+            tokens = parse_qs(text, keep_blank_values=True, strict_parsing=True)
+        except (TypeError, ValueError) as exc:
+            raise ValidationError({"cursor": [ERR_INVALID_CURSOR]}) from exc
+        if (
+            not tokens
+            or not set(tokens) <= {"o", "r", "p"}
+            or any(len(v) > 1 for v in tokens.values())
+        ):
+            raise ValidationError({"cursor": [ERR_INVALID_CURSOR]})
+        offset, reverse = tokens.get("o", ["0"])[0], tokens.get("r", ["0"])[0]
+        position = tokens.get("p", [None])[0]
+        if not _digits(offset) or int(offset) > self.offset_cutoff or reverse not in ("0", "1"):
+            raise ValidationError({"cursor": [ERR_INVALID_CURSOR]})
+        if position is not None and not (_digits(position) and int(position) <= MAX_STEP):
+            raise ValidationError({"cursor": [ERR_INVALID_CURSOR]})
+        return Cursor(offset=int(offset), reverse=reverse == "1", position=position)
+
+
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 12
 
 
 class CSVRenderer(BaseRenderer):

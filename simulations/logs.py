@@ -5,6 +5,7 @@ from typing import NamedTuple
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Max
 
 from simsched.broadcast import broadcast, simulation_group
 from simulations.models import LogLine
@@ -97,7 +98,9 @@ def log_lines_since(*, simulation_id: int, since: int = -1, limit: int = LOGS_PA
     )
     has_more = len(page) > limit
     page = page[:limit]
+    last = LogLine.objects.filter(simulation_id=simulation_id).aggregate(last=Max("seq"))["last"]
     return {
+        "last_seq": -1 if last is None else last,
         "simulation_id": simulation_id,
         "since": since,
         "next_since": page[-1].seq if page else since,

@@ -332,4 +332,7 @@ class LogPageSerializer(serializers.Serializer):
     since = serializers.IntegerField()
     next_since = serializers.IntegerField(help_text="Pass as `since` for the next page.")
     has_more = serializers.BooleanField()
+    last_seq = serializers.IntegerField(
+        help_text="The newest line's seq, or -1 (a new agent run continues after it)."
+    )
     lines = LogPageLineSerializer(many=True)

@@ -81,7 +81,7 @@ class _Child:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "exit.json").unlink(missing_ok=True)
         launcher = [sys.executable, "-m", "simsched_agent._launch", str(run_dir / "exit.json")]
-        with open(run_dir / "stdout.log", "ab") as out, open(run_dir / "stderr.log", "ab") as err:
+        with open(run_dir / "stdout.log", "wb") as out, open(run_dir / "stderr.log", "wb") as err:
             popen = subprocess.Popen(
                 [*launcher, "--", *command],
                 cwd=cwd or None,
@@ -317,6 +317,7 @@ class MachineAgent:
         if not command:
             self._report(simulation_id, {"reason": "The simulation has no command to run."}, stop)
             return
+        first_seq = self._next_log_seq(simulation_id)
         try:
             child = _Child.launch(
                 command, self._child_env(simulation), simulation.get("working_dir"), run_dir
@@ -332,10 +333,19 @@ class MachineAgent:
             "pid": child.pid,
             "start_time": child.start_time,
             "run_dir": str(run_dir),
+            "seq": first_seq,
         }
         self.save_state()
         logger.info("simulation %s: running %s (pid %s)", simulation_id, command[0], child.pid)
         self._supervise(simulation_id, child, stop)
+
+    def _next_log_seq(self, simulation_id: int) -> int:
+        """Lines of an earlier attempt of this simulation (it was requeued) keep their numbers:
+        this one's continue after them."""
+        answer = self.call("GET", f"/simulations/{simulation_id}/logs?since={2**53}&limit=1")
+        if answer is not None and answer[0] == 200 and isinstance(answer[1], dict):
+            return int(answer[1].get("last_seq", -1)) + 1
+        return 0
 
     def _child_env(self, simulation: dict) -> dict:
         env = {**os.environ, **(simulation.get("env") or {})}

@@ -282,3 +282,20 @@ def test_a_running_simulation_with_nothing_on_the_machine_is_failed_when_the_age
     assert _final(simulation).status == Simulation.Status.FAILED
     assert "found no process" in simulation.failure_reason
     assert _machine_status(machine) == Machine.Status.AVAILABLE
+
+
+def test_a_second_attempt_numbers_its_lines_after_the_first_attempts(
+    server, agents, owner, machine, machine_token, tmp_path
+):
+    from simulations.logs import LogInput, log_lines_append
+
+    hello = script(tmp_path, "hello.py", "print('second attempt')\n")
+    simulation = simulation_running(owner, machine, [PYTHON, str(hello)])
+    earlier = [LogInput(s, "stdout", f"first attempt {s}") for s in range(5)]
+    log_lines_append(simulation_id=simulation.pk, lines=earlier)
+    agents(server.url, machine_token)
+    assert _final(simulation).status == Simulation.Status.FINISHED
+    lines = list(
+        LogLine.objects.filter(simulation=simulation).order_by("seq").values_list("seq", "line")
+    )
+    assert lines[-1] == (5, "second attempt") and len(lines) == 6

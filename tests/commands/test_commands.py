@@ -6,6 +6,7 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.core.management import CommandError, call_command
 from django.db import connections
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from convergence.models import ConvergencePoint
@@ -30,11 +31,36 @@ def test_seed_creates_a_fleet_simulations_in_every_status_and_curves():
     assert Machine.objects.count() == 12
     assert Machine.objects.filter(status=Machine.Status.MAINTENANCE).count() == 1
     finished = Simulation.objects.filter(status="finished").first()
-    losses = list(finished.points.order_by("step").values_list("loss_value", flat=True))
+    losses = list(
+        finished.points.filter(series__metric="loss")
+        .order_by("step")
+        .values_list("loss_value", flat=True)
+    )
     assert len(losses) == 400
     assert sum(losses[-40:]) / 40 < sum(losses[:40]) / 40 / 2  # it converges
+    metrics = set(finished.series.values_list("metric", flat=True))
+    assert metrics == {"loss", "val/loss", "lr", "grad_norm"}
+    lr = dict(finished.points.filter(series__metric="lr").values_list("step", "loss_value"))
+    peak = max(lr, key=lr.get)
+    assert 0 < peak < 200 and lr[0] < lr[peak] and lr[390] < lr[peak]  # warm-up, then decay
     for simulation in Simulation.objects.filter(status__in=Simulation.ACTIVE):
         assert simulation.machine.status == Machine.Status.BUSY
+
+
+@pytest.mark.django_db(transaction=True)
+def test_every_seeded_time_is_in_the_past_and_matches_the_points():
+    run("seed", machines=12, simulations=40, points=200)
+    now = timezone.now()
+    for simulation in Simulation.objects.all():
+        times = [simulation.created_at, simulation.scheduled_at, simulation.started_at]
+        times += [simulation.finished_at]
+        known = [t for t in times if t is not None]
+        assert all(t <= now for t in known), simulation.name
+        assert known == sorted(known), simulation.name
+        stamps = simulation.points.values_list("timestamp", flat=True)
+        if simulation.finished_at and stamps:
+            assert max(stamps) <= simulation.finished_at
+            assert min(stamps) >= simulation.started_at
 
 
 @pytest.mark.django_db(transaction=True)

@@ -7,7 +7,6 @@ import threading
 from datetime import UTC, datetime
 
 import pytest
-from asgiref.sync import async_to_sync
 from django.db import connection
 from django.utils import timezone
 
@@ -357,13 +356,9 @@ def test_data_of_an_empty_simulation_is_an_empty_page(api, simulation):
 
 
 def streamed_text(response) -> str:
-    """The body of a streaming response, consumed as the ASGI handler does (asynchronously)."""
-
-    async def collect():
-        return b"".join([chunk async for chunk in response.streaming_content])
-
-    assert response.is_async
-    return async_to_sync(collect)().decode()
+    """The body of a streaming response (the server path sends it in chunks as it is read)."""
+    assert response.streaming
+    return b"".join(response.streaming_content).decode()
 
 
 def test_data_as_csv_of_one_metric_streams_that_series(api, simulation):

@@ -155,7 +155,7 @@ def test_the_agent_ships_lines_and_readers_page_them_with_since(user, api):
     assert [line["line"] for line in rest["lines"]] == [f"line {s}" for s in range(20, 30)]
     assert not rest["has_more"] and rest["next_since"] == 29
     empty = api.get(f"/simulations/{simulation.pk}/logs", {"since": 29}).json()
-    assert empty["lines"] == [] and empty["next_since"] == 29
+    assert empty["lines"] == [] and empty["next_since"] == 29 and empty["last_seq"] == 29
 
 
 def test_resent_lines_are_stored_once(user):

@@ -14,7 +14,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.utils import timezone
 
-from convergence.curves import LossCurve
+from convergence.curves import LossCurve, TrainingSeries
 from convergence.services import MAX_BATCH_POINTS, Point, points_ingest
 from machines.models import Machine
 from simsched.broadcast import sent_in_the_background
@@ -185,9 +185,14 @@ class Command(BaseCommand):
         else:
             fitting = [m for m in fleet if fits(m, simulation)] or fleet
             machine = rng.choice(fitting)
-            simulation.scheduled_at = simulation.created_at + timedelta(minutes=rng.uniform(1, 30))
+            # Every time in the past: the run ended at least a minute ago.
+            window = now - timedelta(minutes=1) - simulation.created_at
+            simulation.scheduled_at = simulation.created_at + window * rng.uniform(0.01, 0.1)
             simulation.started_at = simulation.scheduled_at + timedelta(seconds=45)
-            simulation.finished_at = simulation.started_at + timedelta(hours=rng.uniform(0.2, 6))
+            left = now - timedelta(minutes=1) - simulation.started_at
+            simulation.finished_at = simulation.started_at + min(
+                timedelta(hours=rng.uniform(0.2, 6)), left * rng.uniform(0.5, 1.0)
+            )
             if status == Simulation.Status.FAILED:
                 simulation.failure_reason = rng.choice(
                     ["CUDA out of memory.", "NaN loss at step 4120.", "Node lost (spot reclaim)."]
@@ -206,10 +211,18 @@ class Command(BaseCommand):
 
     def _curve(self, simulation: Simulation, length: int, bar: ProgressBar | None) -> None:
         curve = LossCurve(simulation.pk, total_steps=max(length, 1))
+        series = TrainingSeries(curve, total_steps=length)
         start = simulation.started_at or timezone.now()
-        for first in range(0, length, MAX_BATCH_POINTS):
-            steps = range(first, min(first + MAX_BATCH_POINTS, length))
-            batch = [Point(s, curve.loss(s), start + timedelta(seconds=s)) for s in steps]
-            points_ingest(simulation_id=simulation.pk, points=batch)
-            if bar:
-                bar.advance(len(batch))
+        # The points span the run: from its start to its end (or to now, while it runs).
+        end = simulation.finished_at or timezone.now()
+        per_step = max(end - start, timedelta(seconds=1)) / max(length, 1)
+        batch = []
+        for step in range(length):
+            stamp = start + per_step * step
+            for metric, value in series.values(step).items():
+                batch.append(Point(step, value, stamp, metric))
+            if len(batch) >= MAX_BATCH_POINTS - 4 or step == length - 1:
+                points_ingest(simulation_id=simulation.pk, points=batch)
+                if bar:
+                    bar.advance(sum(p.metric == "loss" for p in batch))
+                batch = []

@@ -15,6 +15,7 @@ class LogPanel {
     this.follow = root.querySelector("#log-follow");
     this.count = root.querySelector("#log-count");
     this.lastSeq = -1;
+    this.received = 0;
     this.fetching = false;
     this.again = false;
     this.socket = new LiveSocket(root.dataset.wsPath, {
@@ -76,7 +77,8 @@ class LogPanel {
     this.lastSeq = fresh[fresh.length - 1].seq;
     while (this.output.childElementCount > KEPT_LINES) this.output.firstElementChild.remove();
     this.empty.hidden = true;
-    this.count.textContent = `${this.lastSeq + 1} lines`;
+    this.received += fresh.length;
+    this.count.textContent = `${this.received} lines`;
     if (this.follow.checked && atBottom) this.output.scrollTop = this.output.scrollHeight;
   }
 }
