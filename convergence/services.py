@@ -13,6 +13,7 @@ from convergence.stores import Point, Stored, store
 from simsched.broadcast import broadcast, simulation_group
 from simsched.db import is_postgres
 from simsched.exceptions import ConflictError, NotFoundError
+from simulations import guards  # guards: the plateau/divergence check after each write
 from simulations.models import Simulation
 
 __all__ = ["MAX_BATCH_POINTS", "MAX_STEP", "Point", "IngestResult", "points_ingest", "point_add"]
@@ -116,10 +117,11 @@ def metric_summaries(points: list[Point]) -> list[tuple]:
 
 
 def _guards_on_points(simulation_id: int, points: list[Point]) -> None:
-    """GUARDS HOOK (the one call site): once `simulations/guards.py` lands, this becomes
-    `guards_on_points(simulation_id, [MetricSummary(*s) for s in metric_summaries(points)])`.
-    """
-    return None
+    """GUARDS HOOK (the one call site): the plateau/divergence guards see a summary per metric
+    of what the write stored; no query, nor summary, for a simulation without them."""
+    if guards.watches_points(simulation_id):
+        summaries = [guards.MetricSummary(*s) for s in metric_summaries(points)]
+        guards.guards_on_points(simulation_id, summaries)
 
 
 def points_ingest(*, simulation_id: int, points: list[Point]) -> IngestResult:

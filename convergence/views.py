@@ -9,6 +9,7 @@ from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.pagination import Cursor, CursorPagination
+from rest_framework.parsers import JSONParser
 from rest_framework.renderers import BaseRenderer
 from rest_framework.response import Response
 
@@ -36,6 +37,7 @@ from convergence.serializers import (
 )
 from convergence.services import MAX_STEP
 from simsched.exceptions import NotFoundError
+from simulations import guards  # guards: a refused non-finite value may stop the run
 from simulations.models import Simulation
 from simulations.permissions import ERR_REPORT, can_read_simulation, can_report_for
 from simulations.selectors import WriteAccess, simulation_write_access
@@ -93,11 +95,29 @@ class CSVRenderer(BaseRenderer):
         return data if isinstance(data, bytes) else str(data).encode()
 
 
+class NonFiniteJSONParser(JSONParser):  # guards
+    """Reads NaN and Infinity literals (as Python's json writes them): validation still refuses
+    them, and the nan guard learns which run sent one."""
+
+    strict = False
+
+
 class ConvergenceViewSet(viewsets.ViewSet):
     """Convergence points: agents write them, charts and streams read them."""
 
     lookup_url_kwarg = "simulation_id"
     lookup_value_regex = r"[0-9]+"
+    parser_classes = [NonFiniteJSONParser]  # guards
+
+    def handle_exception(self, exc):  # guards: a refused non-finite value may stop the run
+        if isinstance(exc, ValidationError) and self.request.method == "POST":
+            exc = guards.nonfinite_refusal(
+                exc,
+                data=self.request.data,
+                simulation_id=self.kwargs.get("simulation_id"),
+                user=self.request.user,
+            )
+        return super().handle_exception(exc)
 
     def _simulation_for_write(self, simulation_id) -> WriteAccess:
         simulation = simulation_write_access(simulation_id=simulation_id)

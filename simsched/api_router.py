@@ -4,7 +4,7 @@ from rest_framework.routers import DefaultRouter
 
 from convergence.views import ConvergenceViewSet
 from machines.views import MachineViewSet
-from simulations.views import AgentViewSet, SimulationViewSet
+from simulations.views import AgentViewSet, BudgetViewSet, SimulationViewSet
 
 
 class OptionalSlashRouter(DefaultRouter):
@@ -20,5 +20,6 @@ router.register("machines", MachineViewSet, basename="machine")
 router.register("simulations", SimulationViewSet, basename="simulation")
 router.register("convergence", ConvergenceViewSet, basename="convergence")
 router.register("agent", AgentViewSet, basename="agent")
+router.register("budgets", BudgetViewSet, basename="budget")
 
 urlpatterns = router.urls

@@ -1,5 +1,6 @@
 """simsched settings: everything that differs between machines comes from the environment."""
 
+import json
 import os
 from pathlib import Path
 
@@ -211,6 +212,13 @@ SIMSCHED_SIMULATED_RATE = float(os.environ.get("SIMSCHED_SIMULATED_RATE", 20))
 SIMSCHED_LOG_LINES = int(os.environ.get("SIMSCHED_LOG_LINES", 10_000))
 # How long a server process trusts a token it has checked (0: check every request).
 SIMSCHED_TOKEN_CACHE_SECONDS = float(os.environ.get("SIMSCHED_TOKEN_CACHE_SECONDS", 5))
+
+# --- Guards (simulations/guards.py) ---------------------------------------------------------------
+
+# The guards a new simulation gets unless it says otherwise (JSON, the resource's `guards` shape).
+SIMSCHED_DEFAULT_GUARDS = json.loads(os.environ.get("SIMSCHED_DEFAULT_GUARDS", '{"nan": true}'))
+# How long a server process trusts what it read of a simulation's plateau/divergence guards.
+SIMSCHED_GUARD_CACHE_SECONDS = float(os.environ.get("SIMSCHED_GUARD_CACHE_SECONDS", 5))
 
 # --- Static files, i18n -------------------------------------------------------------------------
 

@@ -1,17 +1,38 @@
+from decimal import Decimal
+
+from django import forms
 from django.contrib import admin, messages
 from django.urls import reverse
 from django.utils.html import format_html
 
 from simsched.admin import ServiceModelAdmin
-from simsched.exceptions import ConflictError
+from simsched.exceptions import ApplicationError, ConflictError
 from simulations import services
-from simulations.models import Simulation
+from simulations.budgets import BudgetBook
+from simulations.guard_rules import default_guards, normalize_guards
+from simulations.models import Budget, Simulation
 from simulations.permissions import can_change_simulation, can_create_simulation
 from simulations.selectors import simulation_wait_reasons
 
 
+class SimulationAdminForm(forms.ModelForm):
+    class Meta:
+        model = Simulation
+        fields = ["name", "owner", "priority", "required_gpus", "required_memory"]
+        fields += ["required_cpu_cores", "pinned_machine", "max_duration", "guards"]
+        fields += ["preemptible", "preempt_grace", "command", "env", "working_dir"]
+
+    def clean_guards(self):
+        """The same rules as the API's (a bad guard is a form error, not a server error)."""
+        try:
+            return normalize_guards(self.cleaned_data["guards"], defaults=default_guards())
+        except ApplicationError as exc:
+            raise forms.ValidationError(str(exc.fields["guards"])) from exc
+
+
 @admin.register(Simulation)
 class SimulationAdmin(ServiceModelAdmin):
+    form = SimulationAdminForm
     list_display = [
         "name",
         "status",
@@ -23,9 +44,10 @@ class SimulationAdmin(ServiceModelAdmin):
         "started_at",
         "finished_at",
         "cost_display",
+        "stopped_by",
         "points_link",
     ]
-    list_filter = ["status", "machine", "priority"]
+    list_filter = ["status", "stopped_by", "preemptible", "machine", "priority"]
     search_fields = ["name", "owner__username", "machine__name"]
     list_select_related = ["machine", "owner"]
     date_hierarchy = "created_at"
@@ -46,6 +68,15 @@ class SimulationAdmin(ServiceModelAdmin):
         "last_heartbeat_at",
         "waiting_because",
         "cost_display",
+        "stopped_by",
+        "stop_step",
+        "stop_reason",
+        "saved_hours",
+        "saved_cost",
+        "preempt_requested_at",
+        "preempted_for",
+        "preemptions",
+        "guard_state",
     ]
     actions = ["cancel_simulations"]
 
@@ -100,3 +131,43 @@ class SimulationAdmin(ServiceModelAdmin):
             except ConflictError:
                 pass  # already final
         self.message_user(request, f"Cancelled {cancelled} simulation(s).", messages.SUCCESS)
+
+
+@admin.register(Budget)
+class BudgetAdmin(admin.ModelAdmin):
+    """Operators set budgets here; the scheduler starts nothing that would exceed them."""
+
+    list_display = [
+        "__str__",
+        "monthly_budget",
+        "spent_this_month",
+        "reserved_by_running_work",
+        "gpu_cap",
+        "gpus_in_use",
+    ]
+    search_fields = ["user__username", "group__name"]
+    raw_id_fields = ["user"]
+    readonly_fields = [
+        "spent_this_month",
+        "reserved_by_running_work",
+        "gpus_in_use",
+        "created_at",
+        "updated_at",
+    ]
+
+    def _usage(self, budget):
+        book = BudgetBook()
+        book._measure([budget])
+        return book.usages[0]
+
+    @admin.display(description="Spent this month (USD)")
+    def spent_this_month(self, budget):
+        return self._usage(budget).spent.quantize(Decimal("0.01")) if budget.pk else "—"
+
+    @admin.display(description="Reserved by running work (USD)")
+    def reserved_by_running_work(self, budget):
+        return self._usage(budget).reserved.quantize(Decimal("0.01")) if budget.pk else "—"
+
+    @admin.display(description="GPUs in use")
+    def gpus_in_use(self, budget):
+        return self._usage(budget).gpus if budget.pk else "—"

@@ -17,7 +17,17 @@ def simulation_payload(simulation: Simulation) -> dict:
         "started_at": _iso(simulation.started_at),
         "finished_at": _iso(simulation.finished_at),
         "failure_reason": simulation.failure_reason,
+        "stopped_by": simulation.stopped_by,
+        "stop_step": simulation.stop_step,
+        "stop_reason": simulation.stop_reason,
+        "saved_hours": _decimal(simulation.saved_hours),
+        "saved_cost": _decimal(simulation.saved_cost),
+        "preempting": simulation.is_preempting,
     }
+
+
+def _decimal(value):
+    return str(value) if value is not None else None
 
 
 def _iso(value):

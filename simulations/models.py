@@ -8,6 +8,7 @@ from django.db import models
 from django.utils import timezone
 
 from machines.models import Machine
+from simulations.guard_rules import default_guards
 
 PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
 
@@ -71,19 +72,37 @@ class Simulation(models.Model):
         FINISHED = "finished", "Finished"
         FAILED = "failed", "Failed"
         CANCELLED = "cancelled", "Cancelled"
+        TIMED_OUT = "timed_out", "Timed out"
 
-    # The only place that knows the lifecycle. Pending <- scheduled/running is a requeue after
-    # the agent went silent; everything else moves forward.
+    # The only place that knows the lifecycle. Pending <- scheduled/running is a requeue (the
+    # agent went silent, or the run was preempted); running -> timed_out is max_duration.
     TRANSITIONS = {
         Status.PENDING: {Status.SCHEDULED, Status.CANCELLED},
         Status.SCHEDULED: {Status.RUNNING, Status.PENDING, Status.FAILED, Status.CANCELLED},
-        Status.RUNNING: {Status.FINISHED, Status.FAILED, Status.CANCELLED, Status.PENDING},
+        Status.RUNNING: {
+            Status.FINISHED,
+            Status.FAILED,
+            Status.CANCELLED,
+            Status.PENDING,
+            Status.TIMED_OUT,
+        },
         Status.FINISHED: set(),
         Status.FAILED: set(),
         Status.CANCELLED: set(),
+        Status.TIMED_OUT: set(),
     }
     ACTIVE = (Status.SCHEDULED, Status.RUNNING)  # holds a machine
-    FINAL = (Status.FINISHED, Status.FAILED, Status.CANCELLED)
+    FINAL = (Status.FINISHED, Status.FAILED, Status.CANCELLED, Status.TIMED_OUT)
+
+    class StoppedBy(models.TextChoices):
+        """What ended a run early (read by the ops metrics as simsched_guard_stops_total)."""
+
+        NONE = "", "—"
+        MAX_DURATION = "max_duration", "Time limit"
+        NAN = "nan", "Non-finite value"
+        STALL = "stall", "Stalled"
+        PLATEAU = "plateau", "Plateau"
+        DIVERGENCE = "divergence", "Divergence"
 
     name = models.CharField(max_length=200)
     owner = models.ForeignKey(
@@ -155,6 +174,52 @@ class Simulation(models.Model):
     )
     working_dir = models.CharField(max_length=1000, blank=True, validators=[validate_working_dir])
 
+    # Limits and guards (simulations/guards.py evaluates them).
+    max_duration = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Seconds of running before it is timed out."
+    )
+    guards = models.JSONField(
+        default=default_guards, blank=True, help_text="nan, stall_seconds, plateau, divergence."
+    )
+    guard_state = models.JSONField(
+        default=dict, blank=True, help_text="What the guards remember between writes and ticks."
+    )
+    stopped_by = models.CharField(
+        max_length=20, choices=StoppedBy.choices, blank=True, default=StoppedBy.NONE
+    )
+    stop_step = models.BigIntegerField(null=True, blank=True)
+    stop_reason = models.CharField(max_length=500, blank=True)
+    saved_hours = models.DecimalField(
+        max_digits=12,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        help_text="Machine-hours of max_duration a guard stop did not spend.",
+    )
+    saved_cost = models.DecimalField(
+        max_digits=14,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        help_text="USD of max_duration a guard stop did not spend.",
+    )
+
+    # Preemption by a higher-priority simulation.
+    preemptible = models.BooleanField(default=False)
+    preempt_grace = models.PositiveIntegerField(
+        default=120, help_text="Seconds a preempted run gets to stop before it is requeued."
+    )
+    preempt_requested_at = models.DateTimeField(null=True, blank=True)
+    preempted_for = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The waiting simulation this one is being preempted for.",
+    )
+    preemptions = models.PositiveIntegerField(default=0, help_text="Times it was preempted.")
+
     class Meta:
         db_table = "simulations"
         ordering = ["-created_at", "-id"]
@@ -179,6 +244,7 @@ class Simulation(models.Model):
                         "finished",
                         "failed",
                         "cancelled",
+                        "timed_out",
                     ]
                 ),
                 name="simulation_status_valid",
@@ -188,6 +254,7 @@ class Simulation(models.Model):
             models.Index(fields=["status", "-priority", "created_at"], name="simulation_queue_idx"),
             models.Index(fields=["status", "last_heartbeat_at"], name="simulation_heartbeat_idx"),
             models.Index(fields=["name"], name="simulation_name_idx"),
+            models.Index(fields=["owner", "finished_at"], name="simulation_owner_finished_idx"),
         ]
 
     def __str__(self) -> str:
@@ -199,6 +266,11 @@ class Simulation(models.Model):
     @property
     def is_final(self) -> bool:
         return self.status in self.FINAL
+
+    @property
+    def is_preempting(self) -> bool:
+        """Asked to give its machine to a higher-priority simulation, and still holding it."""
+        return self.preempt_requested_at is not None and self.status in self.ACTIVE
 
     @property
     def running_seconds(self) -> float | None:
@@ -215,6 +287,15 @@ class Simulation(models.Model):
         end = self.finished_at or timezone.now()
         return max((end - self.scheduled_at).total_seconds(), 0.0)
 
+    def unspent_against_limit(self) -> tuple[Decimal, Decimal] | tuple[None, None]:
+        """Machine-hours and USD of its max_duration that it will not spend if it stops now."""
+        if self.max_duration is None:
+            return None, None
+        left = max(self.max_duration - (self.running_seconds or 0.0), 0.0)
+        hours = Decimal(left) / Decimal(3600)
+        cost = (self.hourly_cost or Decimal("0")) * hours
+        return hours.quantize(Decimal("0.0001")), cost.quantize(Decimal("0.0001"))
+
     @property
     def cost(self) -> Decimal:
         """What the simulation has cost: earlier placements plus the current one."""
@@ -222,6 +303,52 @@ class Simulation(models.Model):
         if self.hourly_cost is not None and self.machine_seconds is not None:
             current = self.hourly_cost * Decimal(self.machine_seconds) / Decimal(3600)
         return (self.accrued_cost + current).quantize(Decimal("0.0001"))
+
+
+class Budget(models.Model):
+    """What an owner (a user, or every member of a group together) may spend and hold."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="budget",
+    )
+    group = models.OneToOneField(
+        "auth.Group", null=True, blank=True, on_delete=models.CASCADE, related_name="budget"
+    )
+    monthly_budget = models.DecimalField(
+        max_digits=12,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal("0"))],
+        help_text="USD per calendar month (UTC); empty means no limit.",
+    )
+    gpu_cap = models.PositiveIntegerField(
+        null=True, blank=True, help_text="GPUs in use at once; empty means no limit."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "simulation_budgets"
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(user__isnull=False, group__isnull=True)
+                | models.Q(user__isnull=True, group__isnull=False),
+                name="budget_for_a_user_or_a_group",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Budget of {self.owner_label}"
+
+    @property
+    def owner_label(self) -> str:
+        return f"user {self.user}" if self.user_id else f"group {self.group}"
 
 
 class LogLine(models.Model):

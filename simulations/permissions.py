@@ -30,6 +30,7 @@ __all__ = [
     "can_create_simulation",
     "can_drive_simulation",
     "can_read_simulation",
+    "can_trip_nan_guard",
     "can_report_for",
     "can_see_env",
     "is_agent",
@@ -123,6 +124,15 @@ class IsAgent(BasePermission):
 
     def has_permission(self, request, view):
         return is_agent(request.user)
+
+
+def can_trip_nan_guard(user, simulation) -> bool:
+    """A refused non-finite value stops the run only when the run itself sent it: the agent of
+    its machine or its owner (not staff or anyone else testing the endpoint)."""
+    machine_id = agent_machine_id(user)
+    if machine_id is not None:
+        return machine_id == simulation.machine_id
+    return is_person(user) and _owns(user, simulation)
 
 
 def can_see_env(user, simulation) -> bool:

@@ -1,17 +1,18 @@
-"""Putting waiting simulations on machines, and taking machines back from silent agents.
+"""Putting waiting simulations on machines.
 
 Assignment runs in one transaction that locks the available machines and the queue head with
 `SELECT ... FOR UPDATE SKIP LOCKED`, so any number of processes may assign at once without
 waiting on each other; on SQLite the transaction takes the write lock when it begins
 (`transaction_mode=IMMEDIATE`), so assigners are serialized. The partial unique constraint
 `one_active_simulation_per_machine` refuses a double booking even if this code were wrong.
+Owners' budgets are locked the same way while they are charged, so no two assigners start work
+that together exceeds a budget. (The periodic part, which takes machines back, is
+`simulations.housekeeping`.)
 """
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -19,6 +20,7 @@ from django.utils import timezone
 from machines.events import machine_changed
 from machines.models import Machine
 from simulations import events
+from simulations.budgets import BudgetBook
 from simulations.models import Simulation
 from simulations.selectors import fits
 
@@ -87,6 +89,7 @@ def assign_pending() -> list[Assignment]:
         if not free:
             return []
         assigned: list[tuple[Simulation, Machine]] = []
+        budgets = BudgetBook(lock=True)
         last = None
         while free:
             queue = _queue(free)
@@ -97,9 +100,13 @@ def assign_pending() -> list[Assignment]:
             chunk = list(queue[: min(QUEUE_CHUNK_MAX, 4 * len(free) + 16)])
             if not chunk:
                 break
+            budgets.load({s.owner_id for s in chunk})
             for simulation in chunk:
                 machine = _cheapest_fit(simulation, free)
+                if machine is not None and budgets.refusal(simulation, machine.hourly_cost):
+                    continue  # over its owner's budget or GPU cap: it waits
                 if machine is not None:
+                    budgets.charge(simulation, machine.hourly_cost)
                     free.remove(machine)
                     assigned.append((simulation, machine))
                     if not free:
@@ -132,27 +139,3 @@ def _reserve(assigned: list[tuple[Simulation, Machine]]) -> None:
         events.simulation_changed(simulation)
         machine_changed(machine)
     logger.info("assigned %d simulation(s)", len(assigned))
-
-
-def reap_silent(*, now=None) -> dict[str, list[int]]:
-    """Scheduled or running simulations whose agent stayed silent past the timeout are requeued
-    (up to SIMSCHED_MAX_RETRIES times) or failed; either way their machine is freed."""
-    from simulations.services import simulation_fail, simulation_requeue
-
-    now = now or timezone.now()
-    cutoff = now - timedelta(seconds=settings.SIMSCHED_HEARTBEAT_TIMEOUT)
-    stale = Simulation.objects.filter(status__in=Simulation.ACTIVE, last_heartbeat_at__lt=cutoff)
-    result = {"requeued": [], "failed": []}
-    for simulation in stale.order_by("id"):
-        reason = f"Agent silent for more than {settings.SIMSCHED_HEARTBEAT_TIMEOUT}s."
-        with transaction.atomic():
-            current = Simulation.objects.select_for_update().get(pk=simulation.pk)
-            if current.status not in Simulation.ACTIVE or current.last_heartbeat_at >= cutoff:
-                continue  # it spoke up, or ended, since we looked
-            if current.attempts < settings.SIMSCHED_MAX_RETRIES:
-                simulation_requeue(simulation=current, reason=reason)
-                result["requeued"].append(current.pk)
-            else:
-                simulation_fail(simulation=current, reason=reason)
-                result["failed"].append(current.pk)
-    return result

@@ -12,6 +12,7 @@ from django.utils.dateparse import parse_datetime
 from machines.models import Machine
 from simsched.db import dictfetchone, is_storable_id
 from simsched.exceptions import NotFoundError
+from simulations.budgets import BudgetBook
 from simulations.models import Simulation
 
 REQUIREMENTS = (
@@ -65,7 +66,9 @@ def _no_fit_reason(simulation: Simulation, fleet: list[Machine]) -> dict:
     return {"code": "no_machine_fits", "message": message, "missing": missing}
 
 
-def _wait_reason(simulation: Simulation, fleet: list[Machine], *, queue: bool = True) -> dict:
+def _wait_reason(
+    simulation: Simulation, fleet: list[Machine], budgets=None, *, queue: bool = True
+) -> dict:
     if simulation.pinned_machine_id is not None:
         pinned = next((m for m in fleet if m.pk == simulation.pinned_machine_id), None)
         if pinned.status == Machine.Status.MAINTENANCE:
@@ -89,6 +92,10 @@ def _wait_reason(simulation: Simulation, fleet: list[Machine], *, queue: bool = 
             "code": "fitting_machines_in_maintenance",
             "message": f"All {len(candidates)} machine(s) that fit are in maintenance.",
         }
+    if budgets is not None:
+        over_budget = budgets.refusal(simulation, min(m.hourly_cost for m in in_service))
+        if over_budget:
+            return over_budget
     if any(m.status == Machine.Status.AVAILABLE for m in in_service):
         return {"code": "assigning", "message": "A fitting machine is free; it is being assigned."}
     if not queue:
@@ -112,8 +119,32 @@ def simulation_wait_reasons(simulations) -> dict[int, dict]:
     pending = [s for s in simulations if s.status == Simulation.Status.PENDING]
     if not pending:
         return {}
-    fleet = list(Machine.objects.only("id", "name", "status", "gpu_count", "memory", "cpu_cores"))
-    return {s.pk: _wait_reason(s, fleet) for s in pending}
+    fleet = list(
+        Machine.objects.only(
+            "id", "name", "status", "gpu_count", "memory", "cpu_cores", "hourly_cost"
+        )
+    )
+    budgets = BudgetBook()
+    budgets.load({s.owner_id for s in pending})
+    reasons = {s.pk: _wait_reason(s, fleet, budgets) for s in pending}
+    reasons.update(_preempting_for([s.pk for s in pending]))
+    return reasons
+
+
+def _preempting_for(simulation_ids: list[int]) -> dict[int, dict]:
+    victims = Simulation.objects.filter(
+        preempted_for_id__in=simulation_ids,
+        status__in=Simulation.ACTIVE,
+        preempt_requested_at__isnull=False,
+    ).select_related("machine")
+    return {
+        v.preempted_for_id: {
+            "code": "preempting",
+            "message": f"Preempting {v.name} on {v.machine.name}; "
+            "it is placed there once that run has stopped.",
+        }
+        for v in victims
+    }
 
 
 def pending_wait_reason_codes() -> Counter:

@@ -4,6 +4,8 @@ from convergence.selectors import simulation_point_stats
 from machines.models import Machine
 from machines.serializers import MachineSerializer
 from simsched.db import is_storable_id
+from simsched.exceptions import ApplicationError
+from simulations.guard_rules import normalize_guards
 from simulations.logs import (
     LOGS_PAGE_DEFAULT,
     LOGS_PAGE_MAX,
@@ -24,6 +26,9 @@ from simulations.models import (
 )
 from simulations.permissions import can_see_env
 from simulations.selectors import simulation_wait_reasons
+
+MAX_DURATION_MAX = 366 * 24 * 3600
+PREEMPT_GRACE_MAX = 24 * 3600
 
 
 class TextField(serializers.CharField):
@@ -104,6 +109,24 @@ class SimulationSerializer(serializers.ModelSerializer):
     required_gpus = serializers.IntegerField(min_value=0, max_value=1024, required=False)
     required_memory = serializers.IntegerField(min_value=1, max_value=1_000_000, required=False)
     required_cpu_cores = serializers.IntegerField(min_value=0, max_value=100_000, required=False)
+    max_duration = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_DURATION_MAX,
+        required=False,
+        allow_null=True,
+        help_text="Seconds of running before it ends timed_out; null for no limit.",
+    )
+    guards = serializers.JSONField(
+        required=False,
+        help_text='E.g. {"nan": true, "stall_seconds": 600, "plateau": {"metric": "loss", '
+        '"window": 5000, "min_delta": 0.001}, "divergence": {"metric": "loss", "factor": 10}}; '
+        "keys left out take the fleet's defaults (SIMSCHED_DEFAULT_GUARDS).",
+    )
+    preemptible = serializers.BooleanField(required=False)
+    preempt_grace = serializers.IntegerField(
+        min_value=0, max_value=PREEMPT_GRACE_MAX, required=False
+    )
+    resume_step = serializers.SerializerMethodField()
     command = serializers.ListField(
         child=TextField(allow_blank=True, trim_whitespace=False, max_length=MAX_LAUNCH_STRING),
         max_length=MAX_COMMAND_ARGS,
@@ -162,8 +185,27 @@ class SimulationSerializer(serializers.ModelSerializer):
             "running_seconds",
             "hourly_cost",
             "cost",
+            "max_duration",
+            "guards",
+            "preemptible",
+            "preempt_grace",
+            "stopped_by",
+            "stop_step",
+            "stop_reason",
+            "saved_hours",
+            "saved_cost",
+            "preempt_requested_at",
+            "preemptions",
+            "resume_step",
         ]
         read_only_fields = [
+            "stopped_by",
+            "stop_step",
+            "stop_reason",
+            "saved_hours",
+            "saved_cost",
+            "preempt_requested_at",
+            "preemptions",
             "machine",
             "created_at",
             "updated_at",
@@ -187,6 +229,18 @@ class SimulationSerializer(serializers.ModelSerializer):
         if self.instance is None and value != Simulation.Status.PENDING:
             raise serializers.ValidationError("A new simulation starts pending.")
         return value
+
+    def validate_guards(self, value):
+        try:
+            normalize_guards(value)
+        except ApplicationError as exc:
+            raise serializers.ValidationError(exc.fields["guards"]) from exc
+        return value
+
+    def get_resume_step(self, simulation) -> int:
+        """The step to resume from (last stored step + 1; 0 for a fresh run)."""
+        last = self.get_progress(simulation)["last_step"]
+        return 0 if last is None else last + 1
 
     def get_wait_reason(self, simulation) -> WaitReasonSerializer(allow_null=True):
         reasons = self.context.get("wait_reasons")
@@ -218,7 +272,14 @@ class FailSerializer(serializers.Serializer):
 class HeartbeatSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     status = serializers.CharField()
-    stop = serializers.BooleanField(help_text="True once the simulation has ended: stop working.")
+    stop = serializers.BooleanField(
+        help_text="True once the simulation has ended (cancelled, or stopped by a guard or its "
+        "time limit) or is being preempted: stop working."
+    )
+    preempt = serializers.BooleanField(
+        help_text="True when the stop is a preemption: the run is requeued after its grace and "
+        "resumes from resume_step."
+    )
 
 
 class DetailedMachineSerializer(MachineSerializer):
@@ -249,6 +310,22 @@ class DetailedSimulationSerializer(serializers.Serializer):
     failure_reason = serializers.CharField(allow_blank=True)
     hourly_cost = serializers.DecimalField(max_digits=10, decimal_places=2, allow_null=True)
     machine = DetailedMachineSerializer(allow_null=True, help_text="Its machine, or null.")
+
+
+class BudgetUsageSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    user = serializers.CharField(allow_null=True, help_text="The user it applies to, or null.")
+    group = serializers.CharField(allow_null=True, help_text="The group it applies to, or null.")
+    month_start = serializers.DateTimeField(help_text="Spend counts from here (UTC).")
+    monthly_budget = serializers.DecimalField(max_digits=12, decimal_places=2, allow_null=True)
+    spent = serializers.DecimalField(max_digits=14, decimal_places=2)
+    reserved = serializers.DecimalField(
+        max_digits=14,
+        decimal_places=2,
+        help_text="What the rest of running simulations' max_duration would cost.",
+    )
+    gpu_cap = serializers.IntegerField(allow_null=True)
+    gpus_in_use = serializers.IntegerField()
 
 
 class LogLineSerializer(serializers.Serializer):

@@ -1,5 +1,9 @@
 """Writes to simulations: creation, edits and every lifecycle transition."""
 
+import json
+from decimal import Decimal
+from typing import NamedTuple
+
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -7,7 +11,7 @@ from machines.events import machine_changed
 from machines.models import Machine
 from simsched.db import is_storable_id
 from simsched.exceptions import ConflictError, ForbiddenError, NotFoundError
-from simulations import events
+from simulations import events, guard_rules
 from simulations.models import Simulation
 from simulations.permissions import can_change_simulation
 from simulations.scheduler import assign_pending, request_assignment
@@ -24,11 +28,30 @@ ERR_MACHINE_NOT_FOUND = "Machine {machine_id} does not exist."
 ERR_STATUS_BY_SCHEDULER = "Status '{target}' is set by the scheduler, not by hand."
 ERR_RUN_FORBIDDEN = "Only the simulation's owner or staff may run it."
 
+ERR_PREEMPTED = "Preempted by a higher-priority simulation; requeued to resume later."
+ERR_TIMED_OUT = "Ran for its max_duration of {seconds}s."
+
 REQUIREMENT_FIELDS = ("required_gpus", "required_memory", "required_cpu_cores", "pinned_machine")
 # What the agent launches: fixed once the simulation leaves the queue, like the requirements.
 LAUNCH_FIELDS = ("command", "env", "working_dir")
+LIMIT_FIELDS = ("max_duration", "guards", "preemptible", "preempt_grace")
 # `owner` is changed by staff in the admin; the API's serializer never passes it.
-EDITABLE_FIELDS = ("name", "priority", "owner", *REQUIREMENT_FIELDS, *LAUNCH_FIELDS)
+EDITABLE_FIELDS = (
+    "name",
+    "priority",
+    "owner",
+    *REQUIREMENT_FIELDS,
+    *LAUNCH_FIELDS,
+    *LIMIT_FIELDS,
+)
+# Simulation rows are locked FOR NO KEY UPDATE: it does not wait for (or deadlock with) point
+# writes, which hold a KEY SHARE lock on the row through their foreign key.
+LOCK = {"no_key": True}
+
+
+class HeartbeatAnswer(NamedTuple):
+    stop: bool
+    preempt: bool
 
 
 def _check_pinned_fits(simulation: Simulation) -> None:
@@ -47,6 +70,10 @@ def simulation_create(
     required_memory: int = 1,
     required_cpu_cores: int = 0,
     pinned_machine: Machine | None = None,
+    max_duration: int | None = None,
+    guards: dict | None = None,
+    preemptible: bool = False,
+    preempt_grace: int = 120,
     command: list[str] | None = None,
     env: dict[str, str] | None = None,
     working_dir: str = "",
@@ -59,6 +86,10 @@ def simulation_create(
         required_memory=required_memory,
         required_cpu_cores=required_cpu_cores,
         pinned_machine=pinned_machine,
+        max_duration=max_duration,
+        guards=guard_rules.normalize_guards(guards, defaults=guard_rules.default_guards()),
+        preemptible=preemptible,
+        preempt_grace=preempt_grace,
         command=command or [],
         env=env or {},
         working_dir=working_dir,
@@ -88,12 +119,25 @@ def simulation_create_bare_sql(*, machine_id: int, name: str, owner=None) -> int
             INSERT INTO simulations (
                 name, owner_id, status, pinned_machine_id, priority, required_gpus,
                 required_memory, required_cpu_cores, accrued_cost, attempts, failure_reason,
-                command, env, working_dir, created_at, updated_at
+                command, env, working_dir, created_at, updated_at, guards, guard_state,
+                stopped_by, stop_reason, preemptible, preempt_grace, preemptions
             )
-            VALUES (%s, %s, %s, %s, 0, 0, 1, 0, 0, 0, '', '[]', '{}', '', %s, %s)
+            VALUES (
+                %s, %s, %s, %s, 0, 0, 1, 0, 0, 0, '', '[]', '{}', '', %s, %s, %s, '{}', '', '',
+                %s, 120, 0
+            )
             RETURNING id
             """,
-            [name, getattr(owner, "pk", None), Simulation.Status.PENDING, machine_id, now, now],
+            [
+                name,
+                getattr(owner, "pk", None),
+                Simulation.Status.PENDING,
+                machine_id,
+                now,
+                now,
+                json.dumps(guard_rules.default_guards()),
+                False,
+            ],
         )
         simulation_id = cursor.fetchone()[0]
         events.simulation_changed(
@@ -105,8 +149,16 @@ def simulation_create_bare_sql(*, machine_id: int, name: str, owner=None) -> int
 
 @transaction.atomic
 def simulation_update(*, simulation: Simulation, data: dict) -> Simulation:
-    simulation = Simulation.objects.select_for_update().get(pk=simulation.pk)
+    simulation = Simulation.objects.select_for_update(**LOCK).get(pk=simulation.pk)
     changes = {field: data[field] for field in EDITABLE_FIELDS if field in data}
+    if "guards" in changes:
+        changes["guards"] = guard_rules.normalize_guards(
+            changes["guards"], defaults=guard_rules.default_guards()
+        )
+        if changes["guards"] != simulation.guards:
+            simulation.guard_state = {}  # what the old guards remembered no longer applies
+            transaction.on_commit(lambda pk=simulation.pk: guard_rules.forget(pk))
+            guard_rules.forget(simulation.pk)
     requirement_change = any(
         getattr(simulation, field) != changes[field]
         for field in REQUIREMENT_FIELDS
@@ -149,7 +201,7 @@ def simulation_set_status(*, simulation: Simulation, status: str) -> Simulation:
 
 
 def _locked_for_transition(simulation: Simulation, target: str) -> Simulation:
-    locked = Simulation.objects.select_for_update().get(pk=simulation.pk)
+    locked = Simulation.objects.select_for_update(**LOCK).get(pk=simulation.pk)
     if not locked.can_become(target):
         raise ConflictError(
             ERR_TRANSITION.format(current=locked.status, target=target),
@@ -184,12 +236,18 @@ def simulation_start(*, simulation: Simulation) -> Simulation:
     return simulation
 
 
-def _end(simulation: Simulation, target: str, *, reason: str = "") -> Simulation:
+def _end(simulation: Simulation, target: str, *, reason: str = "", **stop) -> Simulation:
+    """Into a final state; `stop` (stopped_by, stop_step, stop_reason, saved_*) when a guard or
+    a limit ended it."""
     simulation = _locked_for_transition(simulation, target)
     simulation.status = target
     simulation.finished_at = timezone.now()
     simulation.failure_reason = reason[:500]
-    simulation.save(update_fields=["status", "finished_at", "failure_reason", "updated_at"])
+    simulation.preempt_requested_at = None
+    for field, value in stop.items():
+        setattr(simulation, field, value)
+    fields = ["status", "finished_at", "failure_reason", "preempt_requested_at", *stop]
+    simulation.save(update_fields=[*fields, "updated_at"])
     _release_machine(simulation.machine_id)
     events.simulation_changed(simulation)
     return simulation
@@ -202,7 +260,62 @@ def simulation_finish(*, simulation: Simulation) -> Simulation:
 
 @transaction.atomic
 def simulation_fail(*, simulation: Simulation, reason: str = "") -> Simulation:
-    return _end(simulation, Simulation.Status.FAILED, reason=reason or "Reported failed.")
+    """A run being preempted that reports failure was stopped by the preemption (its agent
+    killed it): it is requeued, not failed."""
+    locked = Simulation.objects.select_for_update(**LOCK).get(pk=simulation.pk)
+    if locked.is_preempting:
+        return simulation_requeue(simulation=locked, reason=ERR_PREEMPTED, preempted=True)
+    return _end(locked, Simulation.Status.FAILED, reason=reason or "Reported failed.")
+
+
+@transaction.atomic
+def simulation_stop(
+    *,
+    simulation: Simulation,
+    target: str,
+    stopped_by: str,
+    reason: str,
+    step: int | None = None,
+) -> Simulation | None:
+    """A guard or a limit ends an active run: the machine is freed now and the agent learns it
+    on its next heartbeat. Records what stopped it, at which step, and what of its max_duration
+    it did not spend. Returns None when the run had already ended (it finished meanwhile)."""
+    locked = Simulation.objects.select_for_update(**LOCK).get(pk=simulation.pk)
+    if locked.status not in Simulation.ACTIVE or not locked.can_become(target):
+        return None
+    saved_hours, saved_cost = locked.unspent_against_limit()
+    if target == Simulation.Status.TIMED_OUT:  # it used its whole limit, by definition
+        saved_hours = saved_cost = Decimal("0")
+    failed = target != Simulation.Status.FINISHED
+    return _end(
+        locked,
+        target,
+        reason=reason if failed else "",
+        stopped_by=stopped_by,
+        stop_step=step,
+        stop_reason=reason[:500],
+        saved_hours=saved_hours,
+        saved_cost=saved_cost,
+    )
+
+
+def simulation_time_out(*, simulation: Simulation, step: int | None = None) -> Simulation | None:
+    """max_duration reached: the run ends timed_out (None when it had already ended)."""
+    return simulation_stop(
+        simulation=simulation,
+        target=Simulation.Status.TIMED_OUT,
+        stopped_by=Simulation.StoppedBy.MAX_DURATION,
+        reason=ERR_TIMED_OUT.format(seconds=simulation.max_duration),
+        step=step,
+    )
+
+
+def _over_time(simulation: Simulation) -> bool:
+    return (
+        simulation.status == Simulation.Status.RUNNING
+        and simulation.max_duration is not None
+        and (simulation.running_seconds or 0) >= simulation.max_duration
+    )
 
 
 @transaction.atomic
@@ -212,13 +325,21 @@ def simulation_cancel(*, simulation: Simulation) -> Simulation:
 
 
 @transaction.atomic
-def simulation_requeue(*, simulation: Simulation, reason: str) -> Simulation:
-    """Back to the queue after its agent went silent; what the placement cost is kept."""
+def simulation_requeue(
+    *, simulation: Simulation, reason: str, preempted: bool = False
+) -> Simulation:
+    """Back to the queue after its agent went silent (a failed attempt) or after a preemption
+    (not one); what the placement cost is kept, and so are its points."""
     simulation = _locked_for_transition(simulation, Simulation.Status.PENDING)
     released_machine_id = simulation.machine_id
     simulation.accrued_cost = simulation.cost
     simulation.status = Simulation.Status.PENDING
-    simulation.attempts += 1
+    if preempted:
+        simulation.preemptions += 1
+    else:
+        simulation.attempts += 1
+    simulation.preempt_requested_at = None
+    simulation.preempted_for = None
     simulation.failure_reason = reason[:500]
     simulation.machine = None
     simulation.hourly_cost = None
@@ -230,22 +351,54 @@ def simulation_requeue(*, simulation: Simulation, reason: str) -> Simulation:
 
 
 @transaction.atomic
-def simulation_heartbeat(*, simulation: Simulation, machine_id: int | None = None) -> bool:
-    """Record that the agent on `machine_id` (None: staff) is alive; returns whether it should
-    stop: the simulation has ended, or it is no longer placed on that agent's machine (it was
-    requeued after the agent went silent)."""
-    simulation = Simulation.objects.select_for_update().get(pk=simulation.pk)
+def simulation_heartbeat(
+    *, simulation: Simulation, machine_id: int | None = None
+) -> HeartbeatAnswer:
+    """Record that the agent on `machine_id` (None: staff) is alive; answers whether it should
+    stop: the simulation has ended (cancelled, or stopped by a guard or its time limit), it is
+    no longer placed on that agent's machine (it was requeued after the agent went silent), or
+    it is being preempted (`preempt`: stop and expect to resume later)."""
+    simulation = Simulation.objects.select_for_update(**LOCK).get(pk=simulation.pk)
     if machine_id is not None and simulation.machine_id != machine_id:
-        return True
-    if simulation.status in Simulation.ACTIVE:
+        return HeartbeatAnswer(stop=True, preempt=False)
+    if _over_time(simulation):
+        simulation = simulation_time_out(simulation=simulation) or simulation
+    elif simulation.status in Simulation.ACTIVE:
         simulation.last_heartbeat_at = timezone.now()
         simulation.save(update_fields=["last_heartbeat_at", "updated_at"])
-    return simulation.is_final
+    if simulation.is_preempting:
+        return HeartbeatAnswer(stop=True, preempt=True)
+    return HeartbeatAnswer(stop=simulation.is_final, preempt=False)
+
+
+@transaction.atomic
+def simulation_preempt(*, simulation: Simulation, waiting: Simulation) -> Simulation | None:
+    """Ask `simulation` to give its machine to `waiting`: its next heartbeat answers stop with
+    preempt, and after its preempt_grace (or as soon as its agent reports the end) it is
+    requeued. None when it can no longer be preempted (it ended, or is already being)."""
+    locked = Simulation.objects.select_for_update(**LOCK).get(pk=simulation.pk)
+    if locked.status not in Simulation.ACTIVE or locked.is_preempting or not locked.preemptible:
+        return None
+    locked.preempt_requested_at = timezone.now()
+    locked.preempted_for = waiting
+    locked.save(update_fields=["preempt_requested_at", "preempted_for", "updated_at"])
+    events.simulation_changed(locked)
+    return locked
+
+
+@transaction.atomic
+def simulation_end_preemption(*, simulation: Simulation) -> Simulation | None:
+    """The preempted run's grace is over: requeue it, freeing the machine for the waiter.
+    None when it ended some other way meanwhile."""
+    locked = Simulation.objects.select_for_update(**LOCK).get(pk=simulation.pk)
+    if not locked.is_preempting:
+        return None
+    return simulation_requeue(simulation=locked, reason=ERR_PREEMPTED, preempted=True)
 
 
 @transaction.atomic
 def simulation_delete(*, simulation: Simulation) -> None:
-    simulation = Simulation.objects.select_for_update().get(pk=simulation.pk)
+    simulation = Simulation.objects.select_for_update().get(pk=simulation.pk)  # deletes a key
     if simulation.status in Simulation.ACTIVE:
         raise ConflictError(ERR_DELETE_ACTIVE, details={"current_status": simulation.status})
     simulation_id = simulation.pk
@@ -257,7 +410,7 @@ def simulation_claim(*, machine: Machine) -> Simulation | None:
     """The agent on `machine` asks for its work: the simulation reserved for it, if any."""
     with transaction.atomic():
         simulation = (
-            Simulation.objects.select_for_update()
+            Simulation.objects.select_for_update(**LOCK)
             .filter(machine=machine, status__in=Simulation.ACTIVE)
             .first()
         )

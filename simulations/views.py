@@ -5,6 +5,7 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
 from simulations import selectors, services
+from simulations.budgets import budget_usage
 from simulations.filters import SimulationFilter
 from simulations.logs import log_lines_append, log_lines_since
 from simulations.models import Simulation
@@ -18,6 +19,7 @@ from simulations.permissions import (
 )
 from simulations.serializers import (
     BareSqlCreateSerializer,
+    BudgetUsageSerializer,
     DetailedSimulationSerializer,
     FailSerializer,
     HeartbeatSerializer,
@@ -102,11 +104,11 @@ class SimulationViewSet(viewsets.ModelViewSet):
     def heartbeat(self, request, pk=None):
         """Any agent may ask; only the agent of the simulation's machine is recorded."""
         simulation = self.get_object()
-        stop = services.simulation_heartbeat(
+        answer = services.simulation_heartbeat(
             simulation=simulation, machine_id=agent_machine_id(request.user)
         )
         simulation.refresh_from_db(fields=["status"])
-        return Response({"id": simulation.pk, "status": simulation.status, "stop": stop})
+        return Response({"id": simulation.pk, "status": simulation.status, **answer._asdict()})
 
     @extend_schema(request=None, responses=SimulationSerializer, tags=["agent"])
     @action(detail=True, methods=["post"], permission_classes=AGENT_PERMISSIONS)
@@ -182,3 +184,28 @@ class AgentViewSet(viewsets.GenericViewSet):
         if simulation is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
         return Response(self.get_serializer(simulation).data)
+
+
+class BudgetViewSet(viewsets.GenericViewSet):
+    """Owners' monthly budgets and GPU caps with their use this month (set in the admin)."""
+
+    permission_classes = [IsAuthenticated]
+    serializer_class = BudgetUsageSerializer
+    queryset = Simulation.objects.none()
+    pagination_class = None
+
+    @extend_schema(
+        responses=BudgetUsageSerializer(many=True),
+        summary="Budgets and their use: all of them for staff, yours otherwise",
+    )
+    def list(self, request):
+        user = None if request.user.is_staff else request.user
+        return Response(BudgetUsageSerializer(budget_usage(user=user), many=True).data)
+
+    @extend_schema(
+        responses=BudgetUsageSerializer(many=True),
+        summary="The budgets that apply to me (mine and my groups')",
+    )
+    @action(detail=False, methods=["get"])
+    def mine(self, request):
+        return Response(BudgetUsageSerializer(budget_usage(user=request.user), many=True).data)

@@ -33,6 +33,13 @@ SIMULATION_KEYS = {
     "started_at",
     "finished_at",
     "failure_reason",
+    # what stopped it (simulations/guards.py) and a preemption under way
+    "stopped_by",
+    "stop_step",
+    "stop_reason",
+    "saved_hours",
+    "saved_cost",
+    "preempting",
 }
 
 

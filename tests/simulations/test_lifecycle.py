@@ -9,8 +9,8 @@ from django.utils import timezone
 from machines.models import Machine
 from machines.services import machine_set_status
 from simulations import services
+from simulations.housekeeping import reap_silent
 from simulations.models import Simulation
-from simulations.scheduler import reap_silent
 from tests.factories import agent_client, make_machine, make_simulation
 from tests.simulations.helpers import assert_error
 
@@ -25,8 +25,10 @@ def in_state(status: str, *, owner=None) -> tuple[Simulation, Machine]:
         status=Machine.Status.MAINTENANCE if status == S.PENDING else Machine.Status.AVAILABLE
     )
     simulation = make_simulation(owner=owner)
-    if status in (S.RUNNING, S.FINISHED):
+    if status in (S.RUNNING, S.FINISHED, S.TIMED_OUT):
         simulation = services.simulation_start(simulation=simulation)
+    if status == S.TIMED_OUT:
+        simulation = services.simulation_time_out(simulation=simulation)
     if status == S.FINISHED:
         simulation = services.simulation_finish(simulation=simulation)
     if status == S.FAILED:
@@ -138,10 +140,11 @@ def test_every_allowed_transition_is_covered_here():
     assert Simulation.TRANSITIONS == {
         S.PENDING: {S.SCHEDULED, S.CANCELLED},
         S.SCHEDULED: {S.RUNNING, S.PENDING, S.FAILED, S.CANCELLED},
-        S.RUNNING: {S.FINISHED, S.FAILED, S.CANCELLED, S.PENDING},
+        S.RUNNING: {S.FINISHED, S.FAILED, S.CANCELLED, S.PENDING, S.TIMED_OUT},
         S.FINISHED: set(),
         S.FAILED: set(),
         S.CANCELLED: set(),
+        S.TIMED_OUT: set(),
     }
 
 
@@ -167,7 +170,7 @@ def test_every_transition_not_in_the_lifecycle_is_409_with_the_current_status(
         )
         error = assert_error(response, 409)
         assert error["details"] == {"current_status": source}, target
-    for target in (S.PENDING, S.SCHEDULED):  # the scheduler's to set, never a person's
+    for target in (S.PENDING, S.SCHEDULED, S.TIMED_OUT):  # the scheduler's, never a person's
         if target == source:
             continue
         response = staff_api.patch(
@@ -267,7 +270,12 @@ def test_heartbeat_of_an_active_simulation_records_it_and_says_carry_on(user, so
     Simulation.objects.filter(pk=simulation.pk).update(last_heartbeat_at=old)
     response = agent_client(machine).post(f"/simulations/{simulation.pk}/heartbeat")
     assert response.status_code == 200
-    assert response.json() == {"id": simulation.pk, "status": source, "stop": False}
+    assert response.json() == {
+        "id": simulation.pk,
+        "status": source,
+        "stop": False,
+        "preempt": False,
+    }
     simulation.refresh_from_db()
     assert simulation.last_heartbeat_at > old
 
@@ -277,14 +285,19 @@ def test_heartbeat_on_a_cancelled_simulation_says_stop(api, user):
     api.post(f"/simulations/{simulation.pk}/cancel")
     response = agent_client(machine).post(f"/simulations/{simulation.pk}/heartbeat/")
     assert response.status_code == 200
-    assert response.json() == {"id": simulation.pk, "status": "cancelled", "stop": True}
+    assert response.json() == {
+        "id": simulation.pk,
+        "status": "cancelled",
+        "stop": True,
+        "preempt": False,
+    }
 
 
 @pytest.mark.parametrize("source", [S.FINISHED, S.FAILED])
 def test_heartbeat_on_an_ended_simulation_says_stop(user, source):
     simulation, machine = in_state(source, owner=user)
     body = agent_client(machine).post(f"/simulations/{simulation.pk}/heartbeat").json()
-    assert body == {"id": simulation.pk, "status": source, "stop": True}
+    assert body == {"id": simulation.pk, "status": source, "stop": True, "preempt": False}
 
 
 @pytest.mark.parametrize("source", [S.SCHEDULED, S.RUNNING])

@@ -10,8 +10,9 @@ from django.utils import timezone
 from machines.models import Machine
 from machines.services import machine_set_status
 from simulations import scheduler, services
+from simulations.housekeeping import reap_silent
 from simulations.models import Simulation
-from simulations.scheduler import Assignment, assign_pending, reap_silent
+from simulations.scheduler import Assignment, assign_pending
 from tests.factories import agent_client, make_machine, make_simulation
 
 pytestmark = pytest.mark.django_db(transaction=True)

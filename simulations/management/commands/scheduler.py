@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand
 from django.db import DatabaseError, close_old_connections
 
 from simsched.broadcast import sent_in_the_background
-from simulations.scheduler import assign_pending, reap_silent
+from simulations.housekeeping import scheduler_pass
 
 logger = logging.getLogger("simsched.scheduler")
 
@@ -14,6 +14,7 @@ logger = logging.getLogger("simsched.scheduler")
 class Command(BaseCommand):
     help = (
         "Run the scheduler's periodic part: fail or requeue simulations whose agent went silent, "
+        "time out runs past max_duration, fail stalled ones, preempt for higher-priority work, "
         "and assign waiting simulations (a safety net; assignment also runs on every change)."
     )
 
@@ -41,13 +42,9 @@ class Command(BaseCommand):
     def _pass(self) -> None:
         close_old_connections()
         try:
-            reaped = reap_silent()
-            assigned = assign_pending()
+            done = scheduler_pass()
         except DatabaseError as exc:  # the database restarts: try again next pass
             logger.warning("scheduler pass failed: %s", exc)
             return
-        if reaped["requeued"] or reaped["failed"] or assigned:
-            self.stdout.write(
-                f"requeued {len(reaped['requeued'])}, failed {len(reaped['failed'])}, "
-                f"assigned {len(assigned)}"
-            )
+        if any(done.values()):
+            self.stdout.write(", ".join(f"{step} {len(ids)}" for step, ids in done.items()))

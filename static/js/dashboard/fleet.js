@@ -219,6 +219,37 @@ async function refreshUtilisation() {
   showUtilisation(await getJSON(config.utilisationUrl));
 }
 
+// Budgets: spend against each owner's monthly budget and GPU cap (GET /budgets).
+function money(value) {
+  return value === null ? "—" : `$${Number(value).toLocaleString(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 })}`;
+}
+
+async function refreshBudgets() {
+  const budgets = await getJSON(config.budgetsUrl);
+  const body = document.querySelector("#budgets tbody");
+  body.replaceChildren(
+    ...budgets.map((b) => {
+      const row = document.createElement("tr");
+      const cells = [
+        b.user ?? `group ${b.group}`,
+        money(b.spent),
+        money(b.reserved),
+        money(b.monthly_budget),
+        formatInt(b.gpus_in_use),
+        b.gpu_cap === null ? "—" : formatInt(b.gpu_cap),
+      ];
+      cells.forEach((text, i) => {
+        const td = document.createElement("td");
+        if (i > 0) td.className = "num";
+        td.textContent = text;
+        row.append(td);
+      });
+      return row;
+    }),
+  );
+  document.getElementById("budgets-card").hidden = budgets.length === 0;
+}
+
 async function refreshOpenSimulations() {
   const open = await allPages(withQuery(config.simulationsUrl, { status: OPEN }));
   open.forEach(applySimulation);
@@ -241,7 +272,7 @@ async function resync() {
   ]);
   recent.results.slice().reverse().forEach(applySimulation);
   machines.forEach(applyMachine);
-  await Promise.all([refreshOpenSimulations(), refreshUtilisation()]);
+  await Promise.all([refreshOpenSimulations(), refreshUtilisation(), refreshBudgets()]);
 }
 
 const utilisationSoon = debounce(() => refreshUtilisation().catch(console.warn), 300);
@@ -292,4 +323,7 @@ new LiveSocket(config.wsPath, {
   onMessage,
   onState: connectionIndicator(document.getElementById("connection")),
 }).open();
-setInterval(() => refreshOpenSimulations().catch(console.warn), PROGRESS_EVERY_MS);
+setInterval(() => {
+  refreshOpenSimulations().catch(console.warn);
+  refreshBudgets().catch(console.warn);
+}, PROGRESS_EVERY_MS);

@@ -20,7 +20,7 @@ const GRAPH_POINTS = 2000;
 const LIVE_POINTS_LIMIT = 20_000; // past this the chart reloads a downsampled view
 const BACKFILL_PAGES = 3; // further behind than this: reload the chart instead of paging
 const SEEN_LIMIT = 200_000;
-const FINAL = new Set(["finished", "failed", "cancelled"]);
+const FINAL = new Set(["finished", "failed", "cancelled", "timed_out"]);
 const STARTABLE = new Set(["pending", "scheduled"]); // where a simulated run can begin
 const COLORS = { loss: "#5aa9ff", faded: "rgba(90, 169, 255, 0.35)", smooth: "#f0b45a" };
 
@@ -267,6 +267,15 @@ function showTimes() {
   }
 }
 
+// guards: what stopped the run early, and what of its max_duration that did not spend
+function stopNote(simulation) {
+  if (!simulation.stopped_by) return "";
+  const saved = simulation.saved_cost
+    ? ` Saved ${Number(simulation.saved_hours).toFixed(2)} machine-hours ($${Number(simulation.saved_cost).toFixed(2)}).`
+    : "";
+  return `Stopped by ${simulation.stopped_by}: ${simulation.stop_reason}.${saved}`;
+}
+
 function showStatus(status, simulation = null) {
   state.status = status;
   setBadge($("status"), status);
@@ -277,8 +286,9 @@ function showStatus(status, simulation = null) {
     showTimes();
     const note = $("status-note");
     if (status !== "pending") {
-      note.textContent = simulation.failure_reason || "";
-      note.hidden = !simulation.failure_reason;
+      const text = stopNote(simulation) || simulation.failure_reason || ""; // guards
+      note.textContent = text;
+      note.hidden = !text;
     }
     if (simulation.machine && simulation.machine !== state.machineId) {
       state.machineId = simulation.machine;
