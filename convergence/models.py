@@ -111,6 +111,10 @@ class ConvergenceRollup(models.Model):
     min_loss = models.FloatField()
     max_step = models.PositiveIntegerField()
     max_loss = models.FloatField()
+    # When the bucket's first and last points were taken, for charts by wall-clock time (and
+    # after `compact` has dropped the raw points). Null on rows written before they existed.
+    first_time = models.DateTimeField(null=True)
+    last_time = models.DateTimeField(null=True)
 
     class Meta:
         db_table = "convergence_rollup"

@@ -1,49 +1,20 @@
-"""Reads of convergence data: charts, incremental streams, pages and per-simulation stats."""
+"""Charts: a series downsampled from the rollup (first, min, max and last point per bucket),
+several series of one run, one metric of several runs, and a socket's first snapshot."""
 
-import csv
-import heapq
-import io
 import math
-from collections.abc import Iterator
-from datetime import UTC, datetime
 
 from django.db import connection
 
-from convergence.models import (
-    DEFAULT_METRIC,
-    ROLLUP_FANOUT,
-    ROLLUP_LEVELS,
-    ConvergencePoint,
-    ConvergenceRollup,
-    ConvergenceSeries,
+from convergence.models import DEFAULT_METRIC, ROLLUP_FANOUT, ROLLUP_LEVELS, ConvergenceSeries
+from convergence.selectors._common import (
+    ERR_SIMULATION_NOT_FOUND,
+    GRAPH_DEFAULT_POINTS,
+    TOP_LEVEL,
+    simulation_status,
 )
 from simsched.db import dictfetchall, dictfetchone
 from simsched.exceptions import NotFoundError
 from simulations.models import Simulation
-
-TOP_LEVEL = ROLLUP_LEVELS[-1]
-GRAPH_DEFAULT_POINTS = 1000
-GRAPH_MAX_POINTS = 10_000
-GRAPH_MIN_POINTS = 8
-STREAM_MAX_POINTS = 10_000
-
-ERR_SIMULATION_NOT_FOUND = "Simulation {simulation_id} does not exist."
-
-
-def _simulation_status(simulation_id: int) -> str:
-    status = Simulation.objects.filter(pk=simulation_id).values_list("status", flat=True).first()
-    if status is None:
-        raise NotFoundError(ERR_SIMULATION_NOT_FOUND.format(simulation_id=simulation_id))
-    return status
-
-
-def series_id_of(simulation_id: int, metric: str) -> int | None:
-    """The series' id, or None when the simulation has no point of that metric."""
-    return (
-        ConvergenceSeries.objects.filter(simulation_id=simulation_id, metric=metric)
-        .values_list("id", flat=True)
-        .first()
-    )
 
 
 def _decompose(first: int, last: int, level: int) -> list[tuple[int, int, int]]:
@@ -212,7 +183,7 @@ def convergence_graph(
     returned as is. One metric: its chart fields at the top level, as before several metrics
     existed; several: one entry per metric under `series`.
     """
-    status = _simulation_status(simulation_id)
+    status = simulation_status(simulation_id)
     result = {
         "simulation_id": simulation_id,
         "status": status,
@@ -283,92 +254,6 @@ def convergence_compare(
     return {"metric": metric, "max_points": max_points, "simulations": runs}
 
 
-def simulation_metrics(*, simulation_id: int) -> dict:
-    """A simulation's series: for each, its points, first and last step, latest, min and max
-    (from the coarsest rollup level: a few rows per series)."""
-    status = _simulation_status(simulation_id)
-    series = {
-        pk: {
-            "metric": metric,
-            "points": 0,
-            "first_step": None,
-            "last_step": None,
-            "latest": None,
-            "min": None,
-            "max": None,
-        }
-        for pk, metric in ConvergenceSeries.objects.filter(simulation_id=simulation_id)
-        .order_by("metric")
-        .values_list("id", "metric")
-    }
-    rows = ConvergenceRollup.objects.filter(
-        simulation_id=simulation_id, series_id__in=list(series), level=TOP_LEVEL
-    ).order_by("series_id", "bucket")
-    for row in rows:
-        entry = series[row.series_id]
-        if entry["first_step"] is None:
-            entry.update(first_step=row.first_step, min=row.min_loss, max=row.max_loss)
-        entry["points"] += row.count
-        entry["min"] = min(entry["min"], row.min_loss)
-        entry["max"] = max(entry["max"], row.max_loss)
-        entry["last_step"], entry["latest"] = row.last_step, row.last_loss
-    return {
-        "simulation_id": simulation_id,
-        "status": status,
-        "metrics": [entry for entry in series.values() if entry["points"]],
-    }
-
-
-def points_since(
-    *,
-    simulation_id: int,
-    metric: str = DEFAULT_METRIC,
-    since_step: int = -1,
-    limit: int = STREAM_MAX_POINTS,
-) -> dict:
-    """Points of one series after `since_step`, in step order, for clients that catch up
-    incrementally."""
-    status = _simulation_status(simulation_id)
-    rows = list(
-        ConvergencePoint.objects.filter(
-            simulation_id=simulation_id, series__metric=metric, step__gt=since_step
-        )
-        .order_by("step")
-        .values("step", "loss_value", "timestamp")[: limit + 1]
-    )
-    has_more = len(rows) > limit
-    rows = rows[:limit]
-    return {
-        "simulation_id": simulation_id,
-        "metric": metric,
-        "status": status,
-        "is_complete": status in Simulation.FINAL,
-        "since_step": since_step,
-        "last_step": rows[-1]["step"] if rows else since_step,
-        "has_more": has_more,
-        "points": [
-            {"step": r["step"], "loss": r["loss_value"], "timestamp": r["timestamp"]} for r in rows
-        ],
-    }
-
-
-def simulation_point_stats(simulation_ids) -> dict[int, dict]:
-    """Points so far, latest and best loss per simulation (its `loss` series), from the
-    coarsest rollup level."""
-    stats: dict[int, dict] = {}
-    rows = ConvergenceRollup.objects.filter(
-        level=TOP_LEVEL, simulation_id__in=simulation_ids, series__metric=DEFAULT_METRIC
-    )
-    for row in rows.order_by("simulation_id", "bucket"):
-        entry = stats.setdefault(
-            row.simulation_id, {"points": 0, "best_loss": row.min_loss, "last_step": None}
-        )
-        entry["points"] += row.count
-        entry["best_loss"] = min(entry["best_loss"], row.min_loss)
-        entry["last_step"], entry["latest_loss"] = row.last_step, row.last_loss
-    return stats
-
-
 SNAPSHOT_MAX_POINTS = 2000
 
 
@@ -391,85 +276,3 @@ def convergence_snapshot(*, simulation_id: int) -> dict | None:
         "last_step": graph["to_step"],
         "metrics": list(metrics.values_list("metric", flat=True)),
     }
-
-
-CSV_CHUNK_ROWS = 5000
-
-
-def _series_rows(simulation_id: int, series_id: int, chunk: int) -> Iterator[tuple]:
-    """Bare SQL: one series in step order, read in keyset chunks along the unique index (a
-    server-side cursor would hold a transaction open for the whole download)."""
-    after = -1
-    while True:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                """
-                SELECT step, timestamp, loss_value FROM convergence_data
-                WHERE simulation_id = %s AND series_id = %s AND step > %s
-                ORDER BY step LIMIT %s
-                """,
-                [simulation_id, series_id, after, chunk],
-            )
-            rows = cursor.fetchall()
-        yield from rows
-        if len(rows) < chunk:
-            return
-        after = rows[-1][0]
-
-
-def _csv_timestamp(value) -> str:
-    if isinstance(value, str):  # SQLite returns text, in UTC
-        value = datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.isoformat()
-
-
-def points_csv(*, simulation_id: int, metric: str | None = None) -> Iterator[bytes]:
-    """The points as CSV, in chunks of bytes, reading a few thousand rows at a time.
-
-    One metric: `step,timestamp,loss_value` rows of that series. None: the whole run in long
-    form, `step,metric,value,timestamp`, ordered by step then metric (each series is read in
-    step order and the series are merged)."""
-    _simulation_status(simulation_id)
-    series = ConvergenceSeries.objects.filter(simulation_id=simulation_id).order_by("metric")
-    if metric is not None:
-        series = series.filter(metric=metric)
-    names = list(series.values_list("id", "metric"))
-    return _csv_chunks(simulation_id, names, long_form=metric is None)
-
-
-def _csv_chunks(simulation_id: int, names: list[tuple[int, str]], *, long_form: bool):
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    if not long_form:
-        writer.writerow(["step", "timestamp", "loss_value"])
-        rows = (
-            (step, _csv_timestamp(stamp), repr(value))
-            for series_id, _ in names
-            for step, stamp, value in _series_rows(simulation_id, series_id, CSV_CHUNK_ROWS)
-        )
-    else:
-        writer.writerow(["step", "metric", "value", "timestamp"])
-        chunk = CSV_CHUNK_ROWS // max(len(names), 1) + 1
-        per_series = [_named_rows(simulation_id, sid, metric, chunk) for sid, metric in names]
-        rows = (
-            (step, metric, repr(value), _csv_timestamp(stamp))
-            for step, metric, value, stamp in heapq.merge(*per_series, key=_step_then_metric)
-        )
-    for row in rows:
-        writer.writerow(row)
-        if buffer.tell() >= 256 * 1024:
-            yield buffer.getvalue().encode()
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue().encode()
-
-
-def _named_rows(simulation_id: int, series_id: int, metric: str, chunk: int):
-    for step, stamp, value in _series_rows(simulation_id, series_id, chunk):
-        yield step, metric, value, stamp
-
-
-def _step_then_metric(row: tuple) -> tuple:
-    return row[0], row[1]
