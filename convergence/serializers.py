@@ -374,6 +374,15 @@ class GraphPointSerializer(serializers.Serializer):
     loss = serializers.FloatField()
 
 
+class ChartPointSerializer(GraphPointSerializer):
+    timestamp = serializers.DateTimeField(
+        allow_null=True,
+        help_text="When the point was taken. A downsampled bucket's min and max carry a time "
+        "interpolated by step between its first and last point; null for rollups written "
+        "before times were kept.",
+    )
+
+
 class SeriesGraphSerializer(serializers.Serializer):
     metric = serializers.CharField()
     from_step = serializers.IntegerField(allow_null=True)
@@ -382,7 +391,7 @@ class SeriesGraphSerializer(serializers.Serializer):
     returned_points = serializers.IntegerField()
     downsampled = serializers.BooleanField()
     bucket_width = serializers.IntegerField(help_text="Steps per bucket when downsampled.")
-    points = GraphPointSerializer(many=True)
+    points = ChartPointSerializer(many=True)
 
 
 class GraphSerializer(SeriesGraphSerializer):

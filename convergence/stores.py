@@ -54,13 +54,17 @@ _ROLLUP_UPSERT = """
         max_step = CASE WHEN excluded.max_loss > convergence_rollup.max_loss
             THEN excluded.max_step ELSE convergence_rollup.max_step END,
         max_loss = CASE WHEN excluded.max_loss > convergence_rollup.max_loss
-            THEN excluded.max_loss ELSE convergence_rollup.max_loss END
+            THEN excluded.max_loss ELSE convergence_rollup.max_loss END,
+        first_time = CASE WHEN excluded.first_step < convergence_rollup.first_step
+            THEN excluded.first_time ELSE convergence_rollup.first_time END,
+        last_time = CASE WHEN excluded.last_step > convergence_rollup.last_step
+            THEN excluded.last_time ELSE convergence_rollup.last_time END
 """
 
 _ROLLUP_COLUMNS = """
     INSERT INTO convergence_rollup (
         simulation_id, series_id, level, bucket, count, first_step, first_loss, last_step,
-        last_loss, min_step, min_loss, max_step, max_loss
+        last_loss, min_step, min_loss, max_step, max_loss, first_time, last_time
     )
 """
 
@@ -92,7 +96,8 @@ class PostgresStore:
     # Lock the write's series in id order, insert the new points, fold them into the rollup:
     # one statement, so one round trip and the points sent once. Min/max over [key, value]
     # arrays carry the value of the extreme row; the points are grouped once into the finest
-    # buckets and every level is built from those (ties resolve to the smallest step).
+    # buckets and every level is built from those (ties resolve to the smallest step). Times
+    # travel as epoch microseconds (bigint), exact, so that [step, time] pairs fit one array.
     INSERT = f"""
         WITH {_LEVELS_CTE},
         s AS MATERIALIZED (
@@ -106,14 +111,16 @@ class PostgresStore:
             FROM unnest(%s::int[], %s::bigint[], %s::bigint[], %s::float8[]) AS p(k, s, us, l)
             JOIN s ON s.metric = (%s::text[])[p.k]
             ON CONFLICT (simulation_id, series_id, step) DO NOTHING
-            RETURNING series_id, id, step, loss_value
+            RETURNING series_id, id, step, loss_value,
+                (extract(epoch FROM timestamp) * 1000000)::bigint AS us
         ),
         finest AS (
             SELECT p.series_id, p.step / {_FINEST} AS bucket, count(*) AS n,
                 min(p.step) AS fs, (min(ARRAY[p.step::float8, p.loss_value]))[2] AS fl,
                 max(p.step) AS ls, (max(ARRAY[p.step::float8, p.loss_value]))[2] AS ll,
                 (min(ARRAY[p.loss_value, p.step::float8]))[2] AS mins, min(p.loss_value) AS minl,
-                -(max(ARRAY[p.loss_value, -p.step::float8]))[2] AS maxs, max(p.loss_value) AS maxl
+                -(max(ARRAY[p.loss_value, -p.step::float8]))[2] AS maxs, max(p.loss_value) AS maxl,
+                (min(ARRAY[p.step, p.us]))[2] AS ft, (max(ARRAY[p.step, p.us]))[2] AS lt
             FROM new AS p
             GROUP BY 1, 2
         ),
@@ -123,7 +130,9 @@ class PostgresStore:
                 min(b.fs), (min(ARRAY[b.fs::float8, b.fl]))[2],
                 max(b.ls), (max(ARRAY[b.ls::float8, b.ll]))[2],
                 (min(ARRAY[b.minl, b.mins]))[2]::bigint, min(b.minl),
-                -(max(ARRAY[b.maxl, -b.maxs]))[2]::bigint, max(b.maxl)
+                -(max(ARRAY[b.maxl, -b.maxs]))[2]::bigint, max(b.maxl),
+                timestamptz 'epoch' + (min(ARRAY[b.fs, b.ft]))[2] * interval '1 microsecond',
+                timestamptz 'epoch' + (max(ARRAY[b.ls, b.lt]))[2] * interval '1 microsecond'
             FROM finest AS b
             CROSS JOIN levels AS lv
             GROUP BY b.series_id, lv.level, b.bucket / (lv.width / {_FINEST})
@@ -221,16 +230,16 @@ class SqliteStore:
         )
         names = {series_id: metric for metric, series_id in series.items()}
         stored = {(names[sid], step): point_id for sid, point_id, step in cursor.fetchall()}
-        new = [[row[0], row[1], row[3]] for row in rows if (row[4], row[1]) in stored]
+        new = [[row[0], row[1], row[3], row[2]] for row in rows if (row[4], row[1]) in stored]
         if new:
             cursor.execute(self.ROLLUP, [json.dumps(new), simulation_id])
         return Stored(series, stored)
 
     ROLLUP = f"""
         WITH {_LEVELS_CTE},
-        points(k, s, l) AS (
+        points(k, s, l, t) AS (
             SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
-                json_extract(value, '$[2]')
+                json_extract(value, '$[2]'), json_extract(value, '$[3]')
             FROM json_each(%s)
         ),
         ranked AS (
@@ -244,12 +253,14 @@ class SqliteStore:
                 first_value(p.l) OVER (w ORDER BY p.l, p.s) AS minl,
                 first_value(p.s) OVER (w ORDER BY p.l DESC, p.s) AS maxs,
                 first_value(p.l) OVER (w ORDER BY p.l DESC, p.s) AS maxl,
+                first_value(p.t) OVER (w ORDER BY p.s) AS ft,
+                first_value(p.t) OVER (w ORDER BY p.s DESC) AS lt,
                 row_number() OVER (w ORDER BY p.s) AS rn
             FROM points AS p CROSS JOIN levels AS lv
             WINDOW w AS (PARTITION BY p.k, lv.level, p.s / lv.width)
         )
         {_ROLLUP_COLUMNS}
-        SELECT %s, k, level, bucket, n, fs, fl, ls, ll, mins, minl, maxs, maxl
+        SELECT %s, k, level, bucket, n, fs, fl, ls, ll, mins, minl, maxs, maxl, ft, lt
         FROM ranked WHERE rn = 1
         {_ROLLUP_UPSERT}
     """

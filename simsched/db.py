@@ -1,4 +1,6 @@
-"""The one helper that turns bare-SQL cursor rows into dicts."""
+"""The one helper that turns bare-SQL cursor rows into dicts, and what rows need beside it."""
+
+from datetime import UTC, datetime
 
 
 def dictfetchall(cursor) -> list[dict]:
@@ -11,6 +13,16 @@ def dictfetchone(cursor) -> dict | None:
     if row is None:
         return None
     return dict(zip([col[0] for col in cursor.description], row, strict=True))
+
+
+def as_datetime(value) -> datetime | None:
+    """A bare-SQL timestamp as an aware datetime: PostgreSQL gives datetimes, SQLite gives the
+    text Django stored (in UTC, without an offset)."""
+    if value is None or isinstance(value, datetime) and value.tzinfo is not None:
+        return value
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def is_postgres(connection) -> bool:

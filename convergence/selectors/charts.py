@@ -12,7 +12,7 @@ from convergence.selectors._common import (
     TOP_LEVEL,
     simulation_status,
 )
-from simsched.db import dictfetchall, dictfetchone
+from simsched.db import as_datetime, dictfetchall, dictfetchone
 from simsched.exceptions import NotFoundError
 from simulations.models import Simulation
 
@@ -39,18 +39,19 @@ def _decompose(first: int, last: int, level: int) -> list[tuple[int, int, int]]:
 
 
 _RAW_PIECE = """
-    SELECT step, loss_value, step, loss_value, step, loss_value, step, loss_value, 1
+    SELECT step, loss_value, step, loss_value, step, loss_value, step, loss_value, 1,
+        timestamp, timestamp
     FROM convergence_data
     WHERE simulation_id = %s AND series_id = %s AND step BETWEEN %s AND %s
 """
 _ROLLUP_PIECE = """
     SELECT first_step, first_loss, last_step, last_loss, min_step, min_loss, max_step, max_loss,
-        count
+        count, first_time, last_time
     FROM convergence_rollup
     WHERE simulation_id = %s AND series_id = %s AND level = %s AND bucket BETWEEN %s AND %s
 """
 _BUCKETS = """
-    WITH pieces(fs, fl, ls, ll, mins, minl, maxs, maxl, n) AS ({pieces}),
+    WITH pieces(fs, fl, ls, ll, mins, minl, maxs, maxl, n, ft, lt) AS ({pieces}),
     ranked AS (
         SELECT fs / %s AS bucket,
             sum(n) OVER w AS n,
@@ -62,12 +63,14 @@ _BUCKETS = """
             first_value(minl) OVER (w ORDER BY minl, mins) AS min_loss,
             first_value(maxs) OVER (w ORDER BY maxl DESC, maxs) AS max_step,
             first_value(maxl) OVER (w ORDER BY maxl DESC, maxs) AS max_loss,
+            first_value(ft) OVER (w ORDER BY fs) AS first_time,
+            first_value(lt) OVER (w ORDER BY ls DESC) AS last_time,
             row_number() OVER (w ORDER BY fs) AS rn
         FROM pieces
         WINDOW w AS (PARTITION BY fs / %s)
     )
     SELECT bucket, n, first_step, first_loss, last_step, last_loss, min_step, min_loss,
-        max_step, max_loss
+        max_step, max_loss, first_time, last_time
     FROM ranked WHERE rn = 1 ORDER BY bucket
 """
 
@@ -101,7 +104,7 @@ def _bucket_rows(cursor, simulation_id, series_id, first, last, level, width) ->
 def _raw_points(cursor, simulation_id: int, series_id: int, first: int, last: int) -> list[dict]:
     cursor.execute(
         """
-        SELECT step, loss_value AS loss FROM convergence_data
+        SELECT step, loss_value AS loss, timestamp FROM convergence_data
         WHERE simulation_id = %s AND series_id = %s AND step BETWEEN %s AND %s ORDER BY step
         """,
         [simulation_id, series_id, first, last],
@@ -110,14 +113,30 @@ def _raw_points(cursor, simulation_id: int, series_id: int, first: int, last: in
 
 
 def _bucket_points(bucket: dict) -> list[dict]:
-    """A bucket's first, min, max and last point, in step order, each once."""
+    """A bucket's first, min, max and last point, in step order, each once. The first and last
+    carry their own times; the min and max a time interpolated between those by step (the
+    rollup keeps no more), or None where the bucket has no times (rows from before they were
+    kept)."""
     extremes = {
         bucket["first_step"]: bucket["first_loss"],
         bucket["min_step"]: bucket["min_loss"],
         bucket["max_step"]: bucket["max_loss"],
         bucket["last_step"]: bucket["last_loss"],
     }
-    return [{"step": step, "loss": extremes[step]} for step in sorted(extremes)]
+    first, last = as_datetime(bucket["first_time"]), as_datetime(bucket["last_time"])
+    span = bucket["last_step"] - bucket["first_step"]
+
+    def time_at(step: int):
+        if first is None or last is None:
+            return None
+        if step == bucket["first_step"] or span == 0:
+            return first
+        return first + (last - first) * ((step - bucket["first_step"]) / span)
+
+    return [
+        {"step": step, "loss": extremes[step], "timestamp": time_at(step)}
+        for step in sorted(extremes)
+    ]
 
 
 def _series_graph(
@@ -152,7 +171,10 @@ def _series_graph(
     raw_count = sum(b["n"] for b in buckets)
     result["raw_points"] = raw_count
     if raw_count <= max_points:
-        points = _raw_points(cursor, simulation_id, series_id, first, last)
+        points = [
+            {**point, "timestamp": as_datetime(point["timestamp"])}
+            for point in _raw_points(cursor, simulation_id, series_id, first, last)
+        ]
     else:
         points = [p for bucket in buckets for p in _bucket_points(bucket)]
         result.update(downsampled=True, bucket_width=width)
@@ -270,9 +292,14 @@ def convergence_snapshot(*, simulation_id: int) -> dict | None:
     return {
         "type": "snapshot",
         "simulation": simulation_payload(simulation),
-        "points": graph["points"],
+        "points": [_json_point(point) for point in graph["points"]],
         "raw_points": graph["raw_points"],
         "downsampled": graph["downsampled"],
         "last_step": graph["to_step"],
         "metrics": list(metrics.values_list("metric", flat=True)),
     }
+
+
+def _json_point(point: dict) -> dict:
+    stamp = point["timestamp"]
+    return {**point, "timestamp": stamp.isoformat() if stamp is not None else None}

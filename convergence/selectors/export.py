@@ -4,12 +4,12 @@ import csv
 import heapq
 import io
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 from django.db import connection
 
 from convergence.models import ConvergenceSeries
 from convergence.selectors._common import simulation_status
+from simsched.db import as_datetime
 
 CSV_CHUNK_ROWS = 5000
 
@@ -36,11 +36,7 @@ def _series_rows(simulation_id: int, series_id: int, chunk: int) -> Iterator[tup
 
 
 def _csv_timestamp(value) -> str:
-    if isinstance(value, str):  # SQLite returns text, in UTC
-        value = datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.isoformat()
+    return as_datetime(value).isoformat()
 
 
 def points_csv(*, simulation_id: int, metric: str | None = None) -> Iterator[bytes]:

@@ -5,6 +5,8 @@ without REDIS_URL, Redis with it); writes go through the HTTP API, as agents' do
 generous: these tests wait for messages, they do not time them.
 """
 
+from datetime import timedelta
+
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -14,7 +16,7 @@ from convergence.models import ConvergencePoint
 from simsched.asgi import application
 from simulations import services as simulation_services
 from simulations.models import Simulation
-from tests.convergence.conftest import store_points
+from tests.convergence.conftest import BASE_TIME, store_points
 from tests.factories import agent_client, make_machine, make_simulation
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -96,6 +98,11 @@ def post(api, url: str, body=None):
 # --- Snapshot -------------------------------------------------------------------------------
 
 
+def at(step: int) -> str:
+    """The ISO time `store_points` gave `step`, as the snapshot sends it."""
+    return (BASE_TIME + timedelta(seconds=step)).isoformat()
+
+
 async def test_the_first_message_is_a_snapshot_of_the_history(auth, simulation):
     await db(store_points, simulation.pk, {step: 1.0 / (step + 1) for step in range(10)})
 
@@ -104,7 +111,9 @@ async def test_the_first_message_is_a_snapshot_of_the_history(auth, simulation):
     assert set(snapshot["simulation"]) == SIMULATION_KEYS
     assert snapshot["simulation"]["id"] == simulation.pk
     assert snapshot["simulation"]["status"] == "pending"
-    assert snapshot["points"] == [{"step": s, "loss": 1.0 / (s + 1)} for s in range(10)]
+    assert snapshot["points"] == [
+        {"step": s, "loss": 1.0 / (s + 1), "timestamp": at(s)} for s in range(10)
+    ]
     assert snapshot["raw_points"] == 10
     assert snapshot["downsampled"] is False
     assert snapshot["last_step"] == 9
@@ -119,7 +128,7 @@ async def test_a_large_history_arrives_downsampled(auth, simulation):
     assert snapshot["downsampled"] is True
     assert snapshot["raw_points"] == 20_000
     assert 0 < len(snapshot["points"]) < 20_000
-    assert snapshot["points"][0] == {"step": 0, "loss": 1.0}
+    assert snapshot["points"][0] == {"step": 0, "loss": 1.0, "timestamp": at(0)}
     assert snapshot["points"][-1]["step"] == 19_999
     assert snapshot["last_step"] == 19_999
     await viewer.disconnect()
@@ -165,7 +174,8 @@ async def test_a_resent_point_is_not_broadcast_again(api, auth, simulation):
     body = {"simulation_id": simulation.pk, "step": 3, "loss_value": 0.5}
     assert (await post(api, "/convergence/data", body)).status_code == 201
     viewer, snapshot = await open_viewer(simulation.pk, auth)
-    assert snapshot["points"] == [{"step": 3, "loss": 0.5}]
+    [point] = snapshot["points"]
+    assert (point["step"], point["loss"]) == (3, 0.5)
 
     assert (await post(api, "/convergence/data", body)).status_code == 200
 

@@ -4,12 +4,13 @@ first, minimum, maximum and last point, so spikes survive downsampling."""
 import math
 import random
 from collections import defaultdict
+from datetime import datetime, timedelta
 
 import pytest
 
-from convergence.services import point_add
+from convergence.services import Point, point_add, points_ingest
 from simulations import services as simulation_services
-from tests.convergence.conftest import error_of, store_points
+from tests.convergence.conftest import BASE_TIME, error_of, store_points
 from tests.factories import make_machine, make_simulation
 
 BIG_RUN = 50_000
@@ -325,3 +326,53 @@ def test_graph_buckets_match_a_brute_force_computation(api, simulation, seed):
         lo = first if from_step is None else from_step
         hi = last if to_step is None else to_step
         check_against_brute_force(body, losses, lo, hi, max_points)
+
+
+# --- Wall-clock times ------------------------------------------------------------------------
+
+
+def stamps(body) -> dict[int, datetime]:
+    return {p["step"]: datetime.fromisoformat(p["timestamp"]) for p in body["points"]}
+
+
+def test_raw_points_carry_the_time_they_were_taken(api, simulation):
+    store_points(simulation.pk, {step: 1.0 for step in range(50)})
+
+    body = graph(api, simulation.pk)
+
+    assert stamps(body) == {step: BASE_TIME + timedelta(seconds=step) for step in range(50)}
+
+
+def test_downsampled_points_carry_times_exact_at_bucket_edges(api, big_run):
+    """The fixture's points are taken one second per step: the first and last point of a bucket
+    carry their stored time, and the min and max, interpolated by step, land on theirs too."""
+    simulation, _, _ = big_run
+
+    for query in ({}, {"from_step": 12_345, "to_step": 33_333}):
+        body = graph(api, simulation.pk, **query)
+
+        assert body["downsampled"] is True
+        assert stamps(body) == {
+            step: BASE_TIME + timedelta(seconds=step) for step in stamps(body)
+        }, query
+
+
+def test_times_follow_the_first_and_last_step_whatever_the_order_batches_arrive(api, simulation):
+    late = BASE_TIME + timedelta(days=1)
+    points_ingest(
+        simulation_id=simulation.pk,
+        points=[Point(step, 1.0, late + timedelta(seconds=step)) for step in range(5_000, 9_000)],
+    )
+    points_ingest(  # earlier steps arrive last, with earlier times
+        simulation_id=simulation.pk,
+        points=[Point(step, 1.0, BASE_TIME + timedelta(seconds=step)) for step in range(5_000)],
+    )
+
+    body = graph(api, simulation.pk, max_points=100)
+    times = stamps(body)
+
+    assert body["downsampled"] is True
+    assert times[0] == BASE_TIME
+    assert times[max(times)] == late + timedelta(seconds=8_999)
+    in_step_order = [times[step] for step in sorted(times)]
+    assert in_step_order == sorted(in_step_order)
