@@ -76,11 +76,11 @@ def compact_points(*, older_than: datetime.datetime, dry_run: bool = False) -> C
             with transaction.atomic(), connection.cursor() as cursor:
                 cursor.execute(
                     """
-                    DELETE FROM convergence_data WHERE id IN (
+                    DELETE FROM convergence_data WHERE simulation_id = %s AND id IN (
                         SELECT id FROM convergence_data
                         WHERE simulation_id = %s AND series_id = %s LIMIT %s)
                     """,
-                    [simulation_id, series_id, COMPACT_BATCH],
+                    [simulation_id, simulation_id, series_id, COMPACT_BATCH],
                 )
                 deleted = cursor.rowcount
             result.points_deleted += deleted

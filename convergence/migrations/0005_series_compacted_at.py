@@ -3,7 +3,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("convergence", "0003_rollup_times"),
+        ("convergence", "0004_partition_points"),
     ]
 
     operations = [
