@@ -25,6 +25,8 @@ class ConvergenceSeries(models.Model):
         Simulation, on_delete=models.CASCADE, related_name="series", db_index=False
     )
     metric = models.CharField(max_length=METRIC_MAX_LENGTH)
+    # Set by `manage.py compact` once the raw points are dropped: charts read rollups only.
+    compacted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         db_table = "convergence_series"

@@ -391,6 +391,11 @@ class SeriesGraphSerializer(serializers.Serializer):
     returned_points = serializers.IntegerField()
     downsampled = serializers.BooleanField()
     bucket_width = serializers.IntegerField(help_text="Steps per bucket when downsampled.")
+    rollups_only = serializers.BooleanField(
+        help_text="The run was compacted (`manage.py compact`): its raw points are gone and the "
+        "chart comes from rollup buckets (first, min, max, last) even for a small window; "
+        "`raw_points` still counts the points the window held."
+    )
     points = ChartPointSerializer(many=True)
 
 

@@ -301,6 +301,7 @@ class ConvergenceViewSet(viewsets.ViewSet):
         if not Simulation.objects.filter(pk=simulation_id).exists():
             raise NotFoundError(ERR_SIMULATION_NOT_FOUND.format(simulation_id=simulation_id))
         metric = metric or DEFAULT_METRIC
+        selectors.require_raw_points(simulation_id=int(simulation_id), metric=metric)
         points = ConvergencePoint.objects.filter(
             simulation_id=simulation_id, series__metric=metric
         ).annotate(metric=Value(metric, output_field=CharField()))

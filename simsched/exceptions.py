@@ -53,6 +53,13 @@ class ConflictError(ApplicationError):
     default_code = "conflict"
 
 
+class GoneError(ApplicationError):
+    """The thing existed and was deliberately removed (raw points dropped by `compact`)."""
+
+    status_code = status.HTTP_410_GONE
+    default_code = "compacted"
+
+
 def error_body(code: str, message: str, *, fields=None, details=None) -> dict:
     error = {"code": code, "message": message}
     if fields:

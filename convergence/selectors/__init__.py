@@ -13,7 +13,7 @@ from convergence.selectors.charts import (
     convergence_graph,
     convergence_snapshot,
 )
-from convergence.selectors.export import points_csv
+from convergence.selectors.export import points_csv, require_raw_points
 from convergence.selectors.series import points_since, simulation_metrics, simulation_point_stats
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "convergence_snapshot",
     "points_csv",
     "points_since",
+    "require_raw_points",
     "simulation_metrics",
     "simulation_point_stats",
     "simulation_status",

@@ -140,10 +140,19 @@ def _bucket_points(bucket: dict) -> list[dict]:
 
 
 def _series_graph(
-    cursor, simulation_id: int, series_id: int | None, max_points, from_step, to_step
+    cursor,
+    simulation_id: int,
+    series_id: int | None,
+    max_points,
+    from_step,
+    to_step,
+    rollups_only: bool = False,
 ) -> dict:
-    """One series' chart fields: see `convergence_graph`."""
+    """One series' chart fields: see `convergence_graph`. A compacted series (`rollups_only`)
+    has no raw points left: its window is widened to whole level-1 buckets and always drawn
+    from rollup rows, however small."""
     result = {
+        "rollups_only": rollups_only,
         "from_step": from_step,
         "to_step": to_step,
         "raw_points": 0,
@@ -165,12 +174,24 @@ def _series_graph(
     buckets_wanted = max(max_points // 4 - 1, 1)
     per_bucket = (last - first + 1) / buckets_wanted
     level = max((lvl for lvl in ROLLUP_LEVELS if ROLLUP_FANOUT**lvl <= per_bucket), default=0)
+    if rollups_only:
+        level = max(level, 1)
+        first -= first % ROLLUP_FANOUT
+        last += ROLLUP_FANOUT - 1 - last % ROLLUP_FANOUT
     level_width = ROLLUP_FANOUT**level
     width = level_width * max(math.ceil(per_bucket / level_width), 1)
     buckets = _bucket_rows(cursor, simulation_id, series_id, first, last, level, width)
     raw_count = sum(b["n"] for b in buckets)
     result["raw_points"] = raw_count
-    if raw_count <= max_points:
+    if rollups_only:
+        points = [
+            p
+            for bucket in buckets
+            for p in _bucket_points(bucket)
+            if result["from_step"] <= p["step"] <= result["to_step"]
+        ]
+        result.update(downsampled=True, bucket_width=width)
+    elif raw_count <= max_points:
         points = [
             {**point, "timestamp": as_datetime(point["timestamp"])}
             for point in _raw_points(cursor, simulation_id, series_id, first, last)
@@ -182,10 +203,16 @@ def _series_graph(
     return result
 
 
-def _series_ids(simulation_ids: list[int], metrics: list[str]) -> dict[tuple[int, str], int]:
+def _series_ids(
+    simulation_ids: list[int], metrics: list[str]
+) -> dict[tuple[int, str], tuple[int, bool]]:
+    """(simulation, metric) -> (series id, compacted?)."""
     rows = ConvergenceSeries.objects.filter(simulation_id__in=simulation_ids, metric__in=metrics)
     return {
-        (sim, metric): pk for sim, metric, pk in rows.values_list("simulation_id", "metric", "id")
+        (sim, metric): (pk, compacted is not None)
+        for sim, metric, pk, compacted in rows.values_list(
+            "simulation_id", "metric", "id", "compacted_at"
+        )
     }
 
 
@@ -213,20 +240,13 @@ def convergence_graph(
     }
     ids = _series_ids([simulation_id], list(metrics))
     with connection.cursor() as cursor:
-        graphs = [
-            {
-                "metric": metric,
-                **_series_graph(
-                    cursor,
-                    simulation_id,
-                    ids.get((simulation_id, metric)),
-                    max_points,
-                    from_step,
-                    to_step,
-                ),
-            }
-            for metric in metrics
-        ]
+        graphs = []
+        for metric in metrics:
+            series_id, compacted = ids.get((simulation_id, metric), (None, False))
+            graph = _series_graph(
+                cursor, simulation_id, series_id, max_points, from_step, to_step, compacted
+            )
+            graphs.append({"metric": metric, **graph})
     if len(graphs) == 1:
         return {**result, **graphs[0]}
     return {**result, "series": graphs}
@@ -254,13 +274,9 @@ def convergence_compare(
     with connection.cursor() as cursor:
         for simulation_id in simulation_ids:
             simulation = simulations[simulation_id]
+            series_id, compacted = ids.get((simulation_id, metric), (None, False))
             graph = _series_graph(
-                cursor,
-                simulation_id,
-                ids.get((simulation_id, metric)),
-                max_points,
-                from_step,
-                to_step,
+                cursor, simulation_id, series_id, max_points, from_step, to_step, compacted
             )
             runs.append(
                 {

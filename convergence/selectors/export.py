@@ -10,6 +10,7 @@ from django.db import connection
 from convergence.models import ConvergenceSeries
 from convergence.selectors._common import simulation_status
 from simsched.db import as_datetime
+from simsched.exceptions import GoneError
 
 CSV_CHUNK_ROWS = 5000
 
@@ -39,6 +40,28 @@ def _csv_timestamp(value) -> str:
     return as_datetime(value).isoformat()
 
 
+ERR_COMPACTED = (
+    "The raw points of simulation {simulation_id} were dropped by compaction on {when}; "
+    "its charts (graph, compare) and /metrics still answer from the rollups."
+)
+
+
+def require_raw_points(*, simulation_id: int, metric: str | None = None) -> None:
+    """Raise GoneError (410) when the series asked for (None: any series of the run) was
+    compacted: its raw points are gone, and an empty or partial export would look like data."""
+    series = ConvergenceSeries.objects.filter(
+        simulation_id=simulation_id, compacted_at__isnull=False
+    )
+    if metric is not None:
+        series = series.filter(metric=metric)
+    when = series.order_by("compacted_at").values_list("compacted_at", flat=True).first()
+    if when is not None:
+        raise GoneError(
+            ERR_COMPACTED.format(simulation_id=simulation_id, when=when.isoformat()),
+            details={"compacted_at": when.isoformat()},
+        )
+
+
 def points_csv(*, simulation_id: int, metric: str | None = None) -> Iterator[bytes]:
     """The points as CSV, in chunks of bytes, reading a few thousand rows at a time.
 
@@ -49,6 +72,7 @@ def points_csv(*, simulation_id: int, metric: str | None = None) -> Iterator[byt
     series = ConvergenceSeries.objects.filter(simulation_id=simulation_id).order_by("metric")
     if metric is not None:
         series = series.filter(metric=metric)
+    require_raw_points(simulation_id=simulation_id, metric=metric)
     names = list(series.values_list("id", "metric"))
     return _csv_chunks(simulation_id, names, long_form=metric is None)
 
