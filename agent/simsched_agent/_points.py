@@ -30,6 +30,8 @@ class Counters:
 
 
 _LOSS = '"loss"'
+_LOSS_PAIR = _LOSS + ":"
+_LOSS_VALUE_AT = len(_LOSS_PAIR)
 _names: dict[str, str] = {}  # metric name -> its JSON string, encoded once
 
 
@@ -72,8 +74,8 @@ class _Stamps:
 def _fragment(step: int, pairs: list[str], timestamp: str) -> str:
     """One point as JSON text, written by hand: json.dumps of a dict per point cost more than
     the training step it reports (see bench/agent_log.py)."""
-    if len(pairs) == 1 and pairs[0].startswith(_LOSS + ":"):  # the single-series shape
-        value = pairs[0][len(_LOSS) + 1 :]
+    if len(pairs) == 1 and pairs[0].startswith(_LOSS_PAIR):  # the single-series shape
+        value = pairs[0][_LOSS_VALUE_AT:]
         return f'{{"step":{step},"loss_value":{value},"timestamp":"{timestamp}"}}'
     return f'{{"step":{step},"values":{{{",".join(pairs)}}},"timestamp":"{timestamp}"}}'
 
@@ -120,8 +122,11 @@ class Sender:
                     nonfinite.append((step, key, value, timestamp))
             if not pairs:
                 continue
-            if len(pairs) == 1 and key == _LOSS:  # the original single-series shape
-                chunk.append(f'{{"step":{step},"loss_value":{value!r},"timestamp":"{timestamp}"}}')
+            # The original single-series shape. Test the pair, not the last name seen: that
+            # name may be a non-finite or invalid value, not the one pair left in `pairs`.
+            if len(pairs) == 1 and pairs[0].startswith(_LOSS_PAIR):
+                value = pairs[0][_LOSS_VALUE_AT:]
+                chunk.append(f'{{"step":{step},"loss_value":{value},"timestamp":"{timestamp}"}}')
             else:
                 chunk.append(
                     f'{{"step":{step},"values":{{{",".join(pairs)}}},"timestamp":"{timestamp}"}}'
