@@ -86,10 +86,12 @@ def _after_store(simulation_id: int, points: list[Point]) -> None:
 
 
 def _socket_point(point: Point) -> dict:
-    """`{"step", "loss"}` as before series existed; other metrics than loss are named."""
-    if point.metric == DEFAULT_METRIC:
-        return {"step": point.step, "loss": point.loss_value}
-    return {"step": point.step, "loss": point.loss_value, "metric": point.metric}
+    """`{"step", "loss", "timestamp"}` as the chart endpoints give points; other metrics than
+    loss are named."""
+    sent = {"step": point.step, "loss": point.loss_value, "timestamp": point.timestamp.isoformat()}
+    if point.metric != DEFAULT_METRIC:
+        sent["metric"] = point.metric
+    return sent
 
 
 def metric_summaries(points: list[Point]) -> list[tuple]:

@@ -12,6 +12,7 @@ production, so tests see real assignment and real socket messages.
 import os
 
 import pytest
+from channels.layers import channel_layers
 from django.conf import settings
 from django.db import connection
 
@@ -40,6 +41,16 @@ def _services_for_markers(request):
         _missing("postgres", "needs PostgreSQL (DATABASE_URL=postgres://...)")
     if request.node.get_closest_marker("redis") and not using_redis():
         _missing("redis", "needs Redis (REDIS_URL=redis://...)")
+
+
+@pytest.fixture(autouse=True)
+def _channel_layer_per_test():
+    """Each test gets a channel layer of its own. A layer keeps asyncio state of the event loop
+    that used it (channels_redis: its receive locks and buffers), and every async test runs on
+    a loop of its own: a layer carried over from a test whose loop closed mid-receive fails the
+    next test's receive ("Lock ... is bound to a different event loop", seen once in CI)."""
+    yield
+    channel_layers.backends.clear()
 
 
 def pytest_sessionstart(session):

@@ -5,7 +5,7 @@ without REDIS_URL, Redis with it); writes go through the HTTP API, as agents' do
 generous: these tests wait for messages, they do not time them.
 """
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from channels.db import database_sync_to_async
@@ -43,6 +43,13 @@ SIMULATION_KEYS = {
     "saved_cost",
     "preempting",
 }
+
+
+def untimed(points: list[dict]) -> list[dict]:
+    """Live points without their `timestamp`, after checking each carries a stored time."""
+    for point in points:
+        assert datetime.fromisoformat(point["timestamp"]).tzinfo is not None, point
+    return [{k: v for k, v in point.items() if k != "timestamp"} for point in points]
 
 
 def db(function, *args, **kwargs):
@@ -161,7 +168,7 @@ async def test_a_posted_point_arrives_as_one_points_message(api, auth, simulatio
     assert response.status_code == 201
 
     message = await viewer.receive_json_from(timeout=TIMEOUT)
-    assert message == {
+    assert {**message, "points": untimed(message["points"])} == {
         "type": "points",
         "simulation_id": simulation.pk,
         "points": [{"step": 0, "loss": 0.5}],
@@ -193,8 +200,27 @@ async def test_a_batch_of_500_points_arrives_as_one_message(api, auth, simulatio
     message = await viewer.receive_json_from(timeout=TIMEOUT)
     assert message["type"] == "points"
     assert message["simulation_id"] == simulation.pk
-    assert message["points"] == [{"step": s, "loss": 10.0 / (s + 1)} for s in range(500)]
+    assert untimed(message["points"]) == [{"step": s, "loss": 10.0 / (s + 1)} for s in range(500)]
     assert await viewer.receive_nothing(timeout=QUIET)
+    await viewer.disconnect()
+
+
+async def test_live_points_carry_the_time_they_were_measured(api, auth, simulation):
+    viewer, _ = await open_viewer(simulation.pk, auth)
+    points = [
+        {"step": 1, "values": {"loss": 0.5, "lr": 0.01}, "timestamp": at(1)},
+        {"step": 2, "loss_value": 0.4, "timestamp": at(2)},
+    ]
+
+    response = await post(api, f"/convergence/{simulation.pk}/points", {"points": points})
+    assert response.json() == {"stored": 3, "duplicates": 0}
+
+    message = await viewer.receive_json_from(timeout=TIMEOUT)
+    assert message["points"] == [
+        {"step": 1, "loss": 0.5, "timestamp": at(1)},
+        {"step": 1, "loss": 0.01, "timestamp": at(1), "metric": "lr"},
+        {"step": 2, "loss": 0.4, "timestamp": at(2)},
+    ]
     await viewer.disconnect()
 
 
@@ -231,7 +257,7 @@ async def test_a_bare_sql_point_is_broadcast(api, auth, simulation):
     assert response.status_code == 201
 
     message = await viewer.receive_json_from(timeout=TIMEOUT)
-    assert message == {
+    assert {**message, "points": untimed(message["points"])} == {
         "type": "points",
         "simulation_id": simulation.pk,
         "points": [{"step": 7, "loss": 0.25}],

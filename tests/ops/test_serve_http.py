@@ -13,6 +13,7 @@ from django.db import connection
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
+from tests.convergence.test_consumers import untimed
 from tests.factories import make_simulation
 from tests.security.helpers import token_key
 from tests.servers import REPO, _stop_process, _wait_until, database_url, free_port, http
@@ -92,7 +93,7 @@ def test_serve_http_serves_the_api_and_live_sockets(serve_http, user):
             body={"simulation_id": simulation.pk, "step": 0, "loss_value": 0.75},
         )
         assert posted.status == 201, posted.body
-        assert _next_message(ws, "points")["points"] == [{"step": 0, "loss": 0.75}]
+        assert untimed(_next_message(ws, "points")["points"]) == [{"step": 0, "loss": 0.75}]
     samples = scrape(url)
     assert (
         samples[("simsched_points_ingested_total", (("endpoint", "convergence-add-point"),))] == 1
