@@ -14,6 +14,7 @@ def rollup_width(level: int) -> int:
 METRIC_MAX_LENGTH = 100
 METRIC_PATTERN = r"^[A-Za-z0-9_./-]{1,100}\Z"  # anchored: validators search
 DEFAULT_METRIC = "loss"
+MAX_STEP = 2**31 - 1  # the points' step column is a 4-byte integer
 
 
 class ConvergenceSeries(models.Model):
@@ -27,6 +28,10 @@ class ConvergenceSeries(models.Model):
     metric = models.CharField(max_length=METRIC_MAX_LENGTH)
     # Set by `manage.py compact` once the raw points are dropped: charts read rollups only.
     compacted_at = models.DateTimeField(null=True, blank=True)
+    # One past the largest step stored, kept by every write (convergence/stores.py): a point
+    # sent without a step takes it with one row update, not a max() over the points under a
+    # lock. Past MAX_STEP the series has no step left.
+    next_step = models.BigIntegerField(db_default=0, editable=False)
 
     class Meta:
         db_table = "convergence_series"

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from django.db import connection, transaction
 from django.utils import timezone
 
-from convergence.models import DEFAULT_METRIC, ConvergencePoint
-from convergence.stores import Point, Stored, store
+from convergence.models import DEFAULT_METRIC, MAX_STEP, ConvergencePoint
+from convergence.stores import Point, Stored, free_step, store
 from simsched.broadcast import broadcast, simulation_group
 from simsched.db import is_postgres
 from simsched.exceptions import ConflictError, NotFoundError
@@ -19,7 +19,6 @@ from simulations.models import Simulation
 __all__ = ["MAX_BATCH_POINTS", "MAX_STEP", "Point", "IngestResult", "points_ingest", "point_add"]
 
 MAX_BATCH_POINTS = 10_000  # values per request, whatever the number of metrics
-MAX_STEP = 2**31 - 1
 
 ERR_SIMULATION_NOT_FOUND = "Simulation {simulation_id} does not exist."
 ERR_STEP_CONFLICT = "Step {step} is already stored with a different loss value."
@@ -191,18 +190,14 @@ def _next_step(cursor, simulation_id: int, metric: str) -> int:
         series_id = backend.lock_series(cursor, simulation_id, metric)
         if series_id is None:
             raise NotFoundError(ERR_SIMULATION_NOT_FOUND.format(simulation_id=simulation_id))
-    cursor.execute(
-        "SELECT max(step) FROM convergence_data WHERE simulation_id = %s AND series_id = %s",
-        [simulation_id, series_id],
-    )
-    last = cursor.fetchone()[0]
-    if last is not None and last >= MAX_STEP:
+    step = free_step(cursor, simulation_id, series_id)
+    if step > MAX_STEP:
         raise ConflictError(
             ERR_STEPS_EXHAUSTED.format(metric=metric, max_step=MAX_STEP),
             code="steps_exhausted",
-            details={"metric": metric, "last_step": last},
+            details={"metric": metric, "last_step": step - 1},
         )
-    return 0 if last is None else last + 1
+    return step
 
 
 def point_add(
@@ -216,15 +211,25 @@ def point_add(
     """Store one point. Returns (point, created); re-sending a stored step with the same value
     returns the stored point, with a different value it is a 409.
 
-    The hot path: on PostgreSQL a point with a step is one statement in autocommit (the series
-    lock, the insert and the rollup), one round trip, as long as its series exists."""
+    The hot path: on PostgreSQL a point is one statement in autocommit (the series lock, the
+    insert and the rollup), one round trip, as long as its series exists; without a step it
+    takes the series' `next_step` in that statement."""
     timestamp = timestamp or timezone.now()
-    if step is not None and is_postgres(connection):
-        point = Point(step, loss_value, timestamp, metric)
+    if is_postgres(connection):
         with connection.cursor() as cursor:
-            stored = store().insert(cursor, simulation_id, [point])
-        if stored.series:  # the series exists: that one statement was the whole write
-            return _single_point_result(simulation_id, point, stored)
+            if step is not None:
+                point = Point(step, loss_value, timestamp, metric)
+                stored = store().insert(cursor, simulation_id, [point])
+                if stored.series:  # the series exists: that one statement was the whole write
+                    return _single_point_result(simulation_id, point, stored)
+            else:
+                taken = store().insert_next(cursor, simulation_id, metric, loss_value, timestamp)
+                if taken is not None and taken[2] is not None:  # stored at the next step
+                    series_id, step, point_id = taken
+                    point = Point(step, loss_value, timestamp, metric)
+                    stored = Stored({metric: series_id}, {(metric, step): point_id})
+                    return _single_point_result(simulation_id, point, stored)
+                step = None  # a new series, no step left, or a counter behind a bulk load
     with transaction.atomic():
         if step is None:
             with connection.cursor() as cursor:

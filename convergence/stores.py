@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from django.db import connection
 
-from convergence.models import DEFAULT_METRIC, ROLLUP_LEVELS, rollup_width
+from convergence.models import DEFAULT_METRIC, MAX_STEP, ROLLUP_LEVELS, rollup_width
 
 
 class Point(NamedTuple):  # a tuple: ten thousand of them per request are built fast
@@ -92,28 +92,20 @@ def _metric_order(points: list[Point]) -> list[str]:
     return sorted({p.metric for p in points})
 
 
-class PostgresStore:
-    # Lock the write's series in id order, insert the new points, fold them into the rollup:
-    # one statement, so one round trip and the points sent once. Min/max over [key, value]
-    # arrays carry the value of the extreme row; the points are grouped once into the finest
-    # buckets and every level is built from those (ties resolve to the smallest step). Times
-    # travel as epoch microseconds (bigint), exact, so that [step, time] pairs fit one array.
-    INSERT = f"""
-        WITH {_LEVELS_CTE},
-        s AS MATERIALIZED (
-            SELECT id, metric FROM convergence_series
-            WHERE simulation_id = %s AND metric = ANY(%s::text[])
-            ORDER BY id FOR NO KEY UPDATE
+# The parts of a PostgreSQL write after its series CTE `s` and its insert CTE `new`: move each
+# series' `next_step` past what was stored (_PG_BUMP), and fold the new points into the rollup.
+# Min/max over [key, value] arrays carry the value of the extreme row; the points are grouped
+# once into the finest buckets and every level is built from those (ties resolve to the
+# smallest step). Times travel as epoch microseconds (bigint), exact, so that [step, time]
+# pairs fit one array.
+_PG_BUMP = """
+        bumped AS (
+            UPDATE convergence_series AS c SET next_step = top.step::bigint + 1
+            FROM (SELECT series_id, max(step) AS step FROM new GROUP BY 1) AS top
+            WHERE c.id = top.series_id AND c.next_step <= top.step
         ),
-        new AS (
-            INSERT INTO convergence_data (simulation_id, series_id, step, timestamp, loss_value)
-            SELECT %s, s.id, p.s, timestamptz 'epoch' + p.us * interval '1 microsecond', p.l
-            FROM unnest(%s::int[], %s::bigint[], %s::bigint[], %s::float8[]) AS p(k, s, us, l)
-            JOIN s ON s.metric = (%s::text[])[p.k]
-            ON CONFLICT (simulation_id, series_id, step) DO NOTHING
-            RETURNING series_id, id, step, loss_value,
-                (extract(epoch FROM timestamp) * 1000000)::bigint AS us
-        ),
+"""
+_PG_ROLLUP = f"""
         finest AS (
             SELECT p.series_id, p.step / {_FINEST} AS bucket, count(*) AS n,
                 min(p.step) AS fs, (min(ARRAY[p.step::float8, p.loss_value]))[2] AS fl,
@@ -126,7 +118,8 @@ class PostgresStore:
         ),
         rolled AS (
             {_ROLLUP_COLUMNS}
-            SELECT %s, b.series_id, lv.level, b.bucket / (lv.width / {_FINEST}), sum(b.n),
+            SELECT %(simulation)s, b.series_id, lv.level, b.bucket / (lv.width / {_FINEST}),
+                sum(b.n),
                 min(b.fs), (min(ARRAY[b.fs::float8, b.fl]))[2],
                 max(b.ls), (max(ARRAY[b.ls::float8, b.ll]))[2],
                 (min(ARRAY[b.minl, b.mins]))[2]::bigint, min(b.minl),
@@ -138,7 +131,59 @@ class PostgresStore:
             GROUP BY b.series_id, lv.level, b.bucket / (lv.width / {_FINEST})
             {_ROLLUP_UPSERT}
         )
+"""
+
+_PG_RETURNING = """
+    RETURNING series_id, id, step, loss_value,
+        (extract(epoch FROM timestamp) * 1000000)::bigint AS us
+"""
+
+
+class PostgresStore:
+    # Lock the write's series in id order, insert the new points, move the series' next_step,
+    # fold them into the rollup: one statement, so one round trip and the points sent once.
+    INSERT = f"""
+        WITH {_LEVELS_CTE},
+        s AS MATERIALIZED (
+            SELECT id, metric FROM convergence_series
+            WHERE simulation_id = %(simulation)s AND metric = ANY(%(metrics)s::text[])
+            ORDER BY id FOR NO KEY UPDATE
+        ),
+        new AS (
+            INSERT INTO convergence_data (simulation_id, series_id, step, timestamp, loss_value)
+            SELECT %(simulation)s, s.id, p.s,
+                timestamptz 'epoch' + p.us * interval '1 microsecond', p.l
+            FROM unnest(%(keys)s::int[], %(steps)s::bigint[], %(times)s::bigint[],
+                %(values)s::float8[]) AS p(k, s, us, l)
+            JOIN s ON s.metric = (%(metrics)s::text[])[p.k]
+            ON CONFLICT (simulation_id, series_id, step) DO NOTHING
+            {_PG_RETURNING}
+        ),
+        {_PG_BUMP}
+        {_PG_ROLLUP}
         SELECT s.metric, s.id, new.id, new.step FROM s LEFT JOIN new ON new.series_id = s.id
+    """
+
+    # A point without a step takes its series' next_step: the UPDATE locks the series row and,
+    # under READ COMMITTED, reads the value the previous writer committed, so concurrent writers
+    # get consecutive steps. A max(step) read in the same statement would not: its snapshot is
+    # taken before the lock is granted. No row: the series is missing or out of steps.
+    INSERT_NEXT = f"""
+        WITH {_LEVELS_CTE},
+        s AS MATERIALIZED (
+            UPDATE convergence_series SET next_step = next_step + 1
+            WHERE simulation_id = %(simulation)s AND metric = %(metric)s
+                AND next_step <= %(max_step)s
+            RETURNING id, metric, next_step - 1 AS step
+        ),
+        new AS (
+            INSERT INTO convergence_data (simulation_id, series_id, step, timestamp, loss_value)
+            SELECT %(simulation)s, s.id, s.step, %(time)s, %(value)s FROM s
+            ON CONFLICT (simulation_id, series_id, step) DO NOTHING
+            {_PG_RETURNING}
+        ),
+        {_PG_ROLLUP}
+        SELECT s.id, s.step, new.id FROM s LEFT JOIN new ON true
     """
 
     def insert(self, cursor, simulation_id: int, points: list[Point]) -> Stored:
@@ -148,17 +193,14 @@ class PostgresStore:
         metric_array = _pg_text_array(metrics)
         cursor.execute(
             self.INSERT,
-            [
-                simulation_id,
-                metric_array,
-                simulation_id,
-                _pg_array((index[p.metric] for p in points), str),
-                _pg_array((p.step for p in points), str),
-                _pg_array((p.timestamp for p in points), _epoch_microseconds),
-                _pg_array((p.loss_value for p in points), repr),
-                metric_array,
-                simulation_id,
-            ],
+            {
+                "simulation": simulation_id,
+                "metrics": metric_array,
+                "keys": _pg_array((index[p.metric] for p in points), str),
+                "steps": _pg_array((p.step for p in points), str),
+                "times": _pg_array((p.timestamp for p in points), _epoch_microseconds),
+                "values": _pg_array((p.loss_value for p in points), repr),
+            },
         )
         series, stored = {}, {}
         for metric, series_id, point_id, step in cursor.fetchall():
@@ -166,6 +208,24 @@ class PostgresStore:
             if point_id is not None:
                 stored[(metric, step)] = point_id
         return Stored(series, stored)
+
+    def insert_next(
+        self, cursor, simulation_id: int, metric: str, value: float, timestamp: datetime
+    ) -> tuple[int, int, int | None] | None:
+        """Bare SQL: store a point at its series' next step in one statement (see INSERT_NEXT).
+        (series id, step, point id or None if the step was taken), or None when the series is
+        missing or has no step left."""
+        cursor.execute(
+            self.INSERT_NEXT,
+            {
+                "simulation": simulation_id,
+                "metric": metric,
+                "max_step": MAX_STEP,
+                "time": timestamp,
+                "value": value,
+            },
+        )
+        return cursor.fetchone()
 
     def create_series(self, cursor, simulation_id: int, metrics: list[str]) -> None:
         """Bare SQL: create the missing series, in name order (concurrent creators of the same
@@ -233,6 +293,13 @@ class SqliteStore:
         new = [[row[0], row[1], row[3], row[2]] for row in rows if (row[4], row[1]) in stored]
         if new:
             cursor.execute(self.ROLLUP, [json.dumps(new), simulation_id])
+            tops: dict[int, int] = {}
+            for series_id, step, *_ in new:
+                tops[series_id] = max(step, tops.get(series_id, step))
+            cursor.executemany(
+                "UPDATE convergence_series SET next_step = max(next_step, %s) WHERE id = %s",
+                [(step + 1, series_id) for series_id, step in tops.items()],
+            )
         return Stored(series, stored)
 
     ROLLUP = f"""
@@ -286,6 +353,23 @@ class SqliteStore:
         )
         row = cursor.fetchone()
         return row[0] if row else None
+
+
+def free_step(cursor, simulation_id: int, series_id: int) -> int:
+    """Bare SQL: the step a point sent without one takes, under the series' lock: its
+    `next_step`, or past the largest stored step if points were written around the counter
+    (a bulk load straight into the table)."""
+    cursor.execute(
+        """
+        SELECT CASE WHEN m.top >= s.next_step THEN CAST(m.top AS bigint) + 1 ELSE s.next_step END
+        FROM convergence_series AS s,
+            (SELECT max(step) AS top FROM convergence_data
+             WHERE simulation_id = %s AND series_id = %s) AS m
+        WHERE s.id = %s
+        """,
+        [simulation_id, series_id, series_id],
+    )
+    return cursor.fetchone()[0]
 
 
 def _sqlite_datetime(value: datetime) -> str:
