@@ -11,10 +11,12 @@ from django.utils import timezone
 from convergence.models import DEFAULT_METRIC, MAX_STEP, ConvergencePoint
 from convergence.stores import Point, Stored, free_step, store
 from simsched.broadcast import broadcast, simulation_group
-from simsched.db import is_postgres
-from simsched.exceptions import ConflictError, NotFoundError
+from simsched.db import is_postgres, is_storable_id
+from simsched.exceptions import ConflictError, ForbiddenError, NotFoundError
 from simulations import guards  # guards: the plateau/divergence check after each write
 from simulations.models import Simulation
+from simulations.permissions import ERR_REPORT, can_report_for, report_scope
+from simulations.selectors import simulation_write_access
 
 __all__ = ["MAX_BATCH_POINTS", "MAX_STEP", "Point", "IngestResult", "points_ingest", "point_add"]
 
@@ -180,6 +182,15 @@ def _reject_conflicts(simulation_id: int, repeated: list[Point]) -> None:
     )
 
 
+def require_report_access(user, simulation_id) -> None:
+    """404 for an unknown simulation, 403 if `user` may not write its points."""
+    simulation = simulation_write_access(simulation_id=simulation_id)
+    if simulation is None:
+        raise NotFoundError(ERR_SIMULATION_NOT_FOUND.format(simulation_id=simulation_id))
+    if not can_report_for(user, simulation):
+        raise ForbiddenError(ERR_REPORT)
+
+
 def _next_step(cursor, simulation_id: int, metric: str) -> int:
     """The step after the series' last one, under the series' lock (created if new). A series
     at the last step is a 409: a larger step could not be stored."""
@@ -207,29 +218,37 @@ def point_add(
     step: int | None = None,
     timestamp=None,
     metric: str = DEFAULT_METRIC,
+    reporter=None,
 ) -> tuple[ConvergencePoint, bool]:
     """Store one point. Returns (point, created); re-sending a stored step with the same value
-    returns the stored point, with a different value it is a 409.
+    returns the stored point, with a different value it is a 409. With `reporter` (the
+    caller), a simulation it may not write points for is a 404 or 403 (`require_report_access`),
+    checked inside the write's own statement on PostgreSQL.
 
     The hot path: on PostgreSQL a point is one statement in autocommit (the series lock, the
     insert and the rollup), one round trip, as long as its series exists; without a step it
     takes the series' `next_step` in that statement."""
     timestamp = timestamp or timezone.now()
-    if is_postgres(connection):
+    scope = None if reporter is None else report_scope(reporter)
+    if is_postgres(connection) and is_storable_id(simulation_id):
         with connection.cursor() as cursor:
             if step is not None:
                 point = Point(step, loss_value, timestamp, metric)
-                stored = store().insert(cursor, simulation_id, [point])
+                stored = store().insert(cursor, simulation_id, [point], scope)
                 if stored.series:  # the series exists: that one statement was the whole write
                     return _single_point_result(simulation_id, point, stored)
             else:
-                taken = store().insert_next(cursor, simulation_id, metric, loss_value, timestamp)
+                taken = store().insert_next(
+                    cursor, simulation_id, metric, loss_value, timestamp, scope
+                )
                 if taken is not None and taken[2] is not None:  # stored at the next step
                     series_id, step, point_id = taken
                     point = Point(step, loss_value, timestamp, metric)
                     stored = Stored({metric: series_id}, {(metric, step): point_id})
                     return _single_point_result(simulation_id, point, stored)
                 step = None  # a new series, no step left, or a counter behind a bulk load
+    if reporter is not None:  # the one statement stored nothing: say why, or go the long way
+        require_report_access(reporter, simulation_id)
     with transaction.atomic():
         if step is None:
             with connection.cursor() as cursor:

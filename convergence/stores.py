@@ -139,6 +139,20 @@ _PG_RETURNING = """
 """
 
 
+# The writer's `ReportScope` (simulations/permissions.py), checked in the write's statement: a
+# point write needs no separate read of the simulation.
+_PG_ALLOWED = """EXISTS (
+                SELECT FROM simulations AS sim WHERE sim.id = %(simulation)s
+                    AND (%(any)s OR sim.machine_id = %(machine)s OR sim.owner_id = %(owner)s)
+            )"""
+_ANYONE = (True, None, None)
+
+
+def _scope_params(scope) -> dict:
+    any_, machine, owner = scope or _ANYONE
+    return {"any": any_, "machine": machine, "owner": owner}
+
+
 class PostgresStore:
     # Lock the write's series in id order, insert the new points, move the series' next_step,
     # fold them into the rollup: one statement, so one round trip and the points sent once.
@@ -147,6 +161,7 @@ class PostgresStore:
         s AS MATERIALIZED (
             SELECT id, metric FROM convergence_series
             WHERE simulation_id = %(simulation)s AND metric = ANY(%(metrics)s::text[])
+                AND {_PG_ALLOWED}
             ORDER BY id FOR NO KEY UPDATE
         ),
         new AS (
@@ -173,7 +188,7 @@ class PostgresStore:
         s AS MATERIALIZED (
             UPDATE convergence_series SET next_step = next_step + 1
             WHERE simulation_id = %(simulation)s AND metric = %(metric)s
-                AND next_step <= %(max_step)s
+                AND next_step <= %(max_step)s AND {_PG_ALLOWED}
             RETURNING id, metric, next_step - 1 AS step
         ),
         new AS (
@@ -186,8 +201,9 @@ class PostgresStore:
         SELECT s.id, s.step, new.id FROM s LEFT JOIN new ON true
     """
 
-    def insert(self, cursor, simulation_id: int, points: list[Point]) -> Stored:
-        """Bare SQL: lock, insert and roll up in one statement (see INSERT)."""
+    def insert(self, cursor, simulation_id: int, points: list[Point], scope=None) -> Stored:
+        """Bare SQL: lock, insert and roll up in one statement (see INSERT). With a `scope`,
+        a simulation outside it finds no series (and stores nothing)."""
         metrics = _metric_order(points)
         index = {metric: k for k, metric in enumerate(metrics, start=1)}
         metric_array = _pg_text_array(metrics)
@@ -200,6 +216,7 @@ class PostgresStore:
                 "steps": _pg_array((p.step for p in points), str),
                 "times": _pg_array((p.timestamp for p in points), _epoch_microseconds),
                 "values": _pg_array((p.loss_value for p in points), repr),
+                **_scope_params(scope),
             },
         )
         series, stored = {}, {}
@@ -210,11 +227,11 @@ class PostgresStore:
         return Stored(series, stored)
 
     def insert_next(
-        self, cursor, simulation_id: int, metric: str, value: float, timestamp: datetime
+        self, cursor, simulation_id: int, metric: str, value: float, timestamp: datetime, scope
     ) -> tuple[int, int, int | None] | None:
         """Bare SQL: store a point at its series' next step in one statement (see INSERT_NEXT).
         (series id, step, point id or None if the step was taken), or None when the series is
-        missing or has no step left."""
+        missing, has no step left, or the simulation is outside `scope`."""
         cursor.execute(
             self.INSERT_NEXT,
             {
@@ -223,6 +240,7 @@ class PostgresStore:
                 "max_step": MAX_STEP,
                 "time": timestamp,
                 "value": value,
+                **_scope_params(scope),
             },
         )
         return cursor.fetchone()

@@ -39,8 +39,7 @@ from convergence.services import MAX_STEP
 from simsched.exceptions import NotFoundError
 from simulations import guards  # guards: a refused non-finite value may stop the run
 from simulations.models import Simulation
-from simulations.permissions import ERR_REPORT, can_read_simulation, can_report_for
-from simulations.selectors import WriteAccess, simulation_write_access
+from simulations.permissions import can_read_simulation
 
 SIMULATION_ID = OpenApiParameter("simulation_id", int, OpenApiParameter.PATH)
 CSV_EXPORT_CHUNK = 5000
@@ -119,13 +118,8 @@ class ConvergenceViewSet(viewsets.ViewSet):
             )
         return super().handle_exception(exc)
 
-    def _simulation_for_write(self, simulation_id) -> WriteAccess:
-        simulation = simulation_write_access(simulation_id=simulation_id)
-        if simulation is None:
-            raise NotFoundError(ERR_SIMULATION_NOT_FOUND.format(simulation_id=simulation_id))
-        if not can_report_for(self.request.user, simulation):
-            raise PermissionDenied(ERR_REPORT)
-        return simulation
+    def _simulation_for_write(self, simulation_id) -> None:
+        services.require_report_access(self.request.user, simulation_id)
 
     def _parse_checked(self, parse, data, simulation_id):
         """Parse a write; a refused non-finite value is first shown to the nan guard."""
@@ -158,8 +152,7 @@ class ConvergenceViewSet(viewsets.ViewSet):
             request.data.get("simulation_id") if isinstance(request.data, dict) else None
         )
         data = self._parse_checked(parse_point, request.data, simulation_id)
-        self._simulation_for_write(data["simulation_id"])
-        point, created = services.point_add(**data)
+        point, created = services.point_add(**data, reporter=request.user)
         return Response(
             point_representation(point),
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,

@@ -15,6 +15,8 @@ views, the admin and services all ask these functions.
   machine's; only the agent of its machine ships them.
 """
 
+from typing import NamedTuple
+
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 
 from machines.permissions import agent_machine_id, is_agent, is_operator, is_person
@@ -32,6 +34,7 @@ __all__ = [
     "can_read_simulation",
     "can_trip_nan_guard",
     "can_report_for",
+    "report_scope",
     "can_see_env",
     "is_agent",
     "is_operator",
@@ -72,10 +75,34 @@ def can_drive_simulation(user, simulation) -> bool:
     return machine_id is not None and machine_id == simulation.machine_id
 
 
+class ReportScope(NamedTuple):
+    """The simulations a caller may write points for: all of them, the one on its machine, or
+    its own. A point write checks it inside its own SQL statement (convergence/stores.py:
+    `any OR machine_id = machine_id OR owner_id = owner_id`, where NULL matches nothing)."""
+
+    any: bool
+    machine_id: int | None
+    owner_id: int | None
+
+    def allows(self, simulation) -> bool:
+        return (
+            self.any
+            or (self.machine_id is not None and self.machine_id == simulation.machine_id)
+            or (self.owner_id is not None and self.owner_id == simulation.owner_id)
+        )
+
+
+def report_scope(user) -> ReportScope:
+    """Point writes: the agent of its machine, its owner (a person), or staff."""
+    if is_operator(user):
+        return ReportScope(True, None, None)
+    return ReportScope(False, agent_machine_id(user), user.pk if is_person(user) else None)
+
+
 def can_report_for(user, simulation) -> bool:
-    """Point writes: the agent of its machine, its owner, or staff. `simulation` needs only
-    `owner_id` and `machine_id` (the point write reads just those)."""
-    return can_drive_simulation(user, simulation) or (is_person(user) and _owns(user, simulation))
+    """Point writes (`report_scope`). `simulation` needs only `owner_id` and `machine_id` (the
+    point write reads just those)."""
+    return report_scope(user).allows(simulation)
 
 
 class SimulationPermission(BasePermission):
