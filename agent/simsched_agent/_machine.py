@@ -150,7 +150,9 @@ def describe(outcome: dict | None, tail: list[str]) -> str:
 class _LogShipper:
     """Ships the child's output files as numbered lines. Before a batch is sent its byte range
     is written to the state file, so after a restart the same bytes are read again and get the
-    same sequence numbers: the server stores each line once."""
+    same sequence numbers: the server stores each line once. The first number follows an
+    earlier attempt's lines; while the server cannot say which that is (`seq` None), nothing
+    is sent, so no line takes a number already stored."""
 
     def __init__(self, agent: "MachineAgent", simulation_id: int, run_dir: Path, state: dict):
         self.agent, self.simulation_id, self.run_dir, self.state = (
@@ -180,16 +182,18 @@ class _LogShipper:
                 return None
             state["sending"] = ends
             self.agent.save_state()
+        if state["seq"] is None:
+            state["seq"] = self.agent._next_log_seq(self.simulation_id)
+            if state["seq"] is None:
+                return self._failed()
+            self.agent.save_state()
         lines = self._lines(state["offsets"], state["sending"])
         if lines:
             answer = self.agent.call(
                 "POST", f"/simulations/{self.simulation_id}/logs", {"lines": lines}
             )
             if answer is None or retryable(answer[0]):
-                self.failures += 1
-                delay = min(MAX_BACKOFF_SECONDS, 0.25 * 2**self.failures)
-                self.retry_at = time.monotonic() + delay * random.uniform(0.5, 1.0)
-                return False
+                return self._failed()
             if answer[0] != 200:
                 logger.warning("log lines refused (%s); skipping them", answer[0])
         self.failures = 0
@@ -197,6 +201,12 @@ class _LogShipper:
         state["seq"] += len(lines)
         self.agent.save_state()
         return True
+
+    def _failed(self) -> bool:
+        self.failures += 1
+        delay = min(MAX_BACKOFF_SECONDS, 0.25 * 2**self.failures)
+        self.retry_at = time.monotonic() + delay * random.uniform(0.5, 1.0)
+        return False
 
     def ship_rest(self) -> None:
         """After the child ended: everything, including a last line without a newline."""
@@ -339,13 +349,16 @@ class MachineAgent:
         logger.info("simulation %s: running %s (pid %s)", simulation_id, command[0], child.pid)
         self._supervise(simulation_id, child, stop)
 
-    def _next_log_seq(self, simulation_id: int) -> int:
+    def _next_log_seq(self, simulation_id: int) -> int | None:
         """Lines of an earlier attempt of this simulation (it was requeued) keep their numbers:
-        this one's continue after them."""
+        this one's continue after them. None while the server does not say (the log shipper
+        asks again before it sends a line)."""
         answer = self.call("GET", f"/simulations/{simulation_id}/logs?since={2**53}&limit=1")
         if answer is not None and answer[0] == 200 and isinstance(answer[1], dict):
-            return int(answer[1].get("last_seq", -1)) + 1
-        return 0
+            last = answer[1].get("last_seq", -1)
+            if isinstance(last, int) and not isinstance(last, bool):
+                return last + 1
+        return None
 
     def _child_env(self, simulation: dict) -> dict:
         env = {**os.environ, **(simulation.get("env") or {})}

@@ -299,3 +299,37 @@ def test_a_second_attempt_numbers_its_lines_after_the_first_attempts(
         LogLine.objects.filter(simulation=simulation).order_by("seq").values_list("seq", "line")
     )
     assert lines[-1] == (5, "second attempt") and len(lines) == 6
+
+
+def test_lines_wait_for_their_first_number_while_the_server_cannot_give_it(
+    server, owner, machine, machine_token, tmp_path
+):
+    """The agent could start the run but not ask how many lines an earlier attempt stored:
+    it sends nothing until it knows, then numbers this attempt's lines after those."""
+    from simsched_agent._machine import MachineAgent, _LogShipper
+
+    from simulations.logs import LogInput, log_lines_append
+    from tests.servers import free_port
+
+    simulation = simulation_running(owner, machine, [PYTHON, "-c", "pass"])
+    earlier = [LogInput(s, "stdout", f"first attempt {s}") for s in range(3)]
+    log_lines_append(simulation_id=simulation.pk, lines=earlier)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "stdout.log").write_text("second attempt 0\nsecond attempt 1\n")
+
+    away = MachineAgent(f"http://127.0.0.1:{free_port()}", machine_token, state_dir=tmp_path)
+    away.state = {"simulation_id": simulation.pk, "seq": away._next_log_seq(simulation.pk)}
+    assert away.state["seq"] is None
+    assert _LogShipper(away, simulation.pk, run_dir, away.state).ship(final=True) is False
+    assert len(_log_text(simulation)) == 3
+
+    back = MachineAgent(server.url, machine_token, state_dir=tmp_path)
+    back.state = away.state  # the same run, once the server answers
+    assert _LogShipper(back, simulation.pk, run_dir, back.state).ship(final=True) is True
+
+    lines = list(
+        LogLine.objects.filter(simulation=simulation).order_by("seq").values_list("seq", "line")
+    )
+    assert lines[3:] == [(3, "second attempt 0"), (4, "second attempt 1")]
+    assert back.state["seq"] == 5
