@@ -45,15 +45,40 @@ def _name(name) -> str:
 def _as_step(step) -> int:
     try:
         return int(step)
-    except (TypeError, ValueError, OverflowError):
+    except Exception:  # noqa: BLE001 - whatever the training code passed: not a step
         return -1
 
 
 def _as_float(value) -> float | None:
+    """numpy and torch scalars convert; a value whose conversion raises (a tensor on a failed
+    device) is not a value."""
+    if type(value) is float:
+        return value
     try:
         return float(value)
-    except (TypeError, ValueError, OverflowError):
+    except Exception:  # noqa: BLE001 - whatever the training code passed: not a number
         return None
+
+
+def plain(items: list) -> tuple[list, int]:
+    """`items` as JSON can write them (the spool): int steps, str names, float values; and how
+    many values could not be (counted as rejected, as the server would refuse them)."""
+    kept, rejected = [], 0
+    for step, values, stamp in items:
+        step = step if type(step) is int else _as_step(step)
+        if step < 0 or type(values) is not dict:
+            rejected += len(values) if type(values) is dict else 1
+            continue
+        floats = {}
+        for name, value in values.items():
+            value = _as_float(value)
+            if value is None:
+                rejected += 1
+            else:
+                floats[name if type(name) is str else str(name)] = value
+        if floats:
+            kept.append((step, floats, float(stamp)))
+    return kept, rejected
 
 
 class _Stamps:

@@ -14,7 +14,7 @@ import weakref
 from pathlib import Path
 
 from simsched_agent._http import Api
-from simsched_agent._points import Counters, Sender
+from simsched_agent._points import Counters, Sender, plain
 from simsched_agent._spool import Spool, claim_orphans, replay_file
 
 logger = logging.getLogger("simsched_agent")
@@ -134,29 +134,42 @@ class _Worker(threading.Thread):
         self.failures = 0
         self.retry_at = 0.0
         self.all_delivered = False
+        self.errors = 0
 
     def stop(self, *, deadline: float) -> None:
         if self.deadline is None or deadline < self.deadline:
             self.deadline = deadline
 
     def run(self) -> None:
-        try:
-            while True:
-                if self.deadline is None:
-                    self.wake.wait(SEND_EVERY_SECONDS)
-                    self.wake.clear()
-                self._cycle()
-                if self.deadline is not None and (self._done() or self._past_deadline()):
-                    break
-        except Exception:  # noqa: BLE001 - a guest in the training process must not crash it
-            logger.exception("simsched: the sender stopped; queued values go to the spool")
+        while True:
+            if self.deadline is None:
+                self.wake.wait(SEND_EVERY_SECONDS)
+                self.wake.clear()
+            items = self._drain()
+            try:
+                self._cycle(items)
+            except Exception:  # noqa: BLE001 - a guest in the training process must not crash it
+                self._failed_cycle(items)
+            if self.deadline is not None and (self._done() or self._past_deadline()):
+                break
         self._spill(self._drain())
         self.all_delivered = self._done()
         self.spool.close()
         self.api.close()
 
-    def _cycle(self) -> None:
-        items = self._drain()
+    def _failed_cycle(self, items: list) -> None:
+        """A bug of ours, not a server problem: keep the cycle's values (spooled, sent again
+        later; writes are idempotent), back off, and go on sending."""
+        self.errors += 1
+        if self.errors == 1:
+            logger.exception("simsched: sending failed; the values are spooled and retried")
+        try:
+            self._spill(items)
+        except Exception:  # noqa: BLE001
+            self.counters.dropped += sum(len(v) if type(v) is dict else 1 for _, v, _ in items)
+        self._offline()
+
+    def _cycle(self, items: list) -> None:
         if time.monotonic() < self.retry_at:
             self._spill(items)
             if self.deadline is not None:  # finishing: wait for the retry, not beyond the end
@@ -166,7 +179,7 @@ class _Worker(threading.Thread):
             self._spill(items)
             return
         if items and not self.sender.send(items):
-            self._spill(items)
+            self._spill(items, counted=True)
             self._offline()
             return
         self.failures = 0
@@ -198,7 +211,12 @@ class _Worker(threading.Thread):
             items.append(queue.popleft())
         return items
 
-    def _spill(self, items: list) -> None:
+    def _spill(self, items: list, *, counted: bool = False) -> None:
+        """Append `items` to the spool; `counted`: the sender already counted its invalid
+        values."""
+        items, rejected = plain(items)
+        if not counted:
+            self.counters.rejected += rejected
         if not items:
             return
         if self.spool.append(items):

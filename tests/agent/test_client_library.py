@@ -112,6 +112,63 @@ def test_finish_with_the_server_away_leaves_the_spool_and_sync_uploads_it(
     assert not list(spool.glob("simsched-*.jsonl"))
 
 
+def test_framework_scalars_logged_while_the_server_is_away_are_spooled_and_synced(
+    server, owner, machine, machine_token, tmp_path
+):
+    """Training code logs numpy / torch scalars, not floats: JSON cannot write them, and a
+    tensor's conversion can raise. Spooling them used to kill the sender thread, and every
+    value after it was lost."""
+    train = script(
+        tmp_path,
+        "train.py",
+        """
+        import json, simsched_agent
+
+        class Scalar:  # what numpy.float32 and a 0-d tensor are to JSON: not a float
+            def __init__(self, value): self.value = value
+            def __float__(self): return self.value
+
+        class Step:  # numpy.int64
+            def __init__(self, value): self.value = value
+            def __int__(self): return self.value
+            __index__ = __int__
+
+        class Broken:  # a tensor whose device failed
+            def __float__(self): raise RuntimeError("CUDA error: device-side assert")
+
+        run = simsched_agent.init()
+        for step in range(300):
+            run.log(Step(step), loss=Scalar(1.0 / (step + 1)), lr=0.1)
+            if step == 7:
+                run.log(step, grad_norm=Broken())
+        print(json.dumps({"delivered": run.finish(timeout=1), **run.stats}))
+        """,
+    )
+    simulation = simulation_running(owner, machine, ["true"])
+    spool = tmp_path / "spool"
+    result = subprocess.run(
+        [PYTHON, str(train)],
+        env=_env(f"http://127.0.0.1:{free_port()}", machine_token, simulation, spool),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    stats = _last_json(result.stdout)
+    assert not stats["delivered"] and stats["dropped"] == 0 and stats["rejected"] == 1
+    sync = subprocess.run(
+        [str(BIN / "simsched-agent"), "sync", str(spool), "--url", server.url],
+        env={**os.environ, "SIMSCHED_TOKEN": machine_token},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sync.returncode == 0, sync.stderr
+    assert "600 values stored" in sync.stdout
+    assert _stored(simulation) == {step: 1.0 / (step + 1) for step in range(300)}
+    assert sorted(_stored(simulation, "lr")) == list(range(300))
+
+
 def test_sigterm_flushes_what_was_logged_then_ends_the_process_as_sigterm_does(
     server, owner, machine, machine_token, tmp_path
 ):
