@@ -277,7 +277,9 @@ class SeriesChart {
       if (!this.points.length || point.x > this.points.at(-1).x) this.points.push(point);
       else insertByStep(this.points, point);
     }
-    if (changed) this.draw();
+    if (!changed) return;
+    if (this.points.length > LIVE_POINTS_LIMIT) reloadSoon(); // all charts, downsampled again
+    this.draw();
   }
 
   setAxis(axis) {
