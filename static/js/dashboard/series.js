@@ -97,13 +97,84 @@ export function formatClock(ms, withDay = false) {
   return (withDay ? dayAndTime : timeOfDay).format(new Date(ms));
 }
 
-/** The x scale options for an axis: a linear scale over steps or over epoch milliseconds. */
+// --- Chart.js's time scale without a date library ------------------------------------------
+// The time scale needs a date adapter; the few calls it makes are done here with Date and Intl
+// (local time), rather than vendoring a date library for one axis.
+
+const UNIT_MS = { millisecond: 1, second: 1e3, minute: 6e4, hour: 36e5, day: 864e5, week: 6048e5 };
+const MONTHS = { month: 1, quarter: 3, year: 12 };
+const TICK_FORMATS = {
+  datetime: dayAndTime,
+  millisecond: new Intl.DateTimeFormat(undefined, {
+    minute: "2-digit",
+    second: "2-digit",
+    fractionalSecondDigits: 3,
+  }),
+  second: timeOfDay,
+  minute: new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", hour12: false }),
+  hour: new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", hour12: false }),
+  day: new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric" }),
+  week: new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric" }),
+  month: new Intl.DateTimeFormat(undefined, { month: "short", year: "numeric" }),
+  quarter: new Intl.DateTimeFormat(undefined, { month: "short", year: "numeric" }),
+  year: new Intl.DateTimeFormat(undefined, { year: "numeric" }),
+};
+
+function startOf(ms, unit, weekday = 0) {
+  const d = new Date(ms);
+  if (unit === "millisecond") return ms;
+  if (unit === "second") return d.setMilliseconds(0);
+  if (unit === "minute") return d.setSeconds(0, 0);
+  if (unit === "hour") return d.setMinutes(0, 0, 0);
+  d.setHours(0, 0, 0, 0);
+  if (unit === "week" || unit === "isoWeek") {
+    const first = unit === "isoWeek" ? 1 : weekday;
+    d.setDate(d.getDate() - ((d.getDay() - first + 7) % 7));
+  } else if (unit in MONTHS) {
+    d.setDate(1);
+    if (unit === "quarter") d.setMonth(d.getMonth() - (d.getMonth() % 3));
+    if (unit === "year") d.setMonth(0);
+  }
+  return d.getTime();
+}
+
+function add(ms, amount, unit) {
+  if (!(unit in MONTHS)) return ms + amount * UNIT_MS[unit];
+  const d = new Date(ms);
+  return d.setMonth(d.getMonth() + amount * MONTHS[unit]);
+}
+
+function diff(a, b, unit) {
+  if (!(unit in MONTHS)) return (a - b) / UNIT_MS[unit];
+  const [x, y] = [new Date(a), new Date(b)];
+  const months = (x.getFullYear() - y.getFullYear()) * 12 + x.getMonth() - y.getMonth();
+  return months / MONTHS[unit];
+}
+
+let adapterInstalled = false;
+
+function useTimeAdapter() {
+  if (adapterInstalled) return;
+  adapterInstalled = true;
+  window.Chart._adapters._date.override({
+    formats: () => Object.fromEntries(Object.keys(TICK_FORMATS).map((key) => [key, key])),
+    parse: (value) => (value === null || value === undefined ? null : new Date(value).getTime()),
+    format: (ms, key) => (TICK_FORMATS[key] ?? dayAndTime).format(new Date(ms)),
+    add,
+    diff,
+    startOf,
+    endOf: (ms, unit) => startOf(add(ms, 1, unit), unit) - 1,
+  });
+}
+
+/** The x scale options for an axis: linear over steps, or Chart.js's time scale. */
 export function xScale(axis) {
   if (axis === "time") {
+    useTimeAdapter();
     return {
-      type: "linear",
+      type: "time",
       title: { display: true, text: "wall-clock time" },
-      ticks: { maxRotation: 0, autoSkipPadding: 24, callback: (value) => formatClock(value) },
+      ticks: { maxRotation: 0, autoSkipPadding: 24 },
     };
   }
   return {
