@@ -78,11 +78,15 @@ def _post_points(server, token: str, simulation_id: int, points: list[dict]) -> 
         assert response.status == 200
 
 
-def _open(page, server, user, simulation) -> None:
+def _open(page, server, user, simulation) -> list[str]:
+    """The page, with every chart drawn; returns the list its script errors are added to."""
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
     sign_in(page, server, user.username)
     page.goto(f"{server.url}/dashboard/simulations/{simulation.pk}")
     page.wait_for_selector('#connection[data-state="live"]')
     page.wait_for_function(f"({CHARTS})().length === 4 && ({CHARTS})().every((c) => c.steps > 0)")
+    return errors
 
 
 def test_every_series_of_the_run_gets_a_chart_and_a_spike_inside_a_bucket_shows_in_its_band(
@@ -104,7 +108,7 @@ def test_every_series_of_the_run_gets_a_chart_and_a_spike_inside_a_bucket_shows_
 
 def test_log_scale_and_the_x_axis_switch_change_the_chart_scales(live, page):
     user, simulation, _ = orm(_run)
-    _open(page, live, user, simulation)
+    errors = _open(page, live, user, simulation)
 
     page.check('.series-card[data-metric="lr"] .series-log')
     page.check("#log-scale")
@@ -121,6 +125,7 @@ def test_log_scale_and_the_x_axis_switch_change_the_chart_scales(live, page):
     page.select_option("#x-axis", "step")
     charts = page.evaluate(f"({CHARTS})()")
     assert {(c["x"], c["first_x"]) for c in charts} == {("linear", 0)}
+    assert errors == []
 
 
 def test_zoom_re_queries_every_chart(live, page):
@@ -136,7 +141,7 @@ def test_zoom_re_queries_every_chart(live, page):
 
 def test_a_live_point_of_a_new_series_adds_a_chart(live, page):
     user, simulation, token = orm(_run)
-    _open(page, live, user, simulation)
+    errors = _open(page, live, user, simulation)
 
     points = [{"step": STEPS, "values": {"loss": 0.1, "throughput": 1234.0}}]
     _post_points(live, token, simulation.pk, points)
@@ -145,6 +150,7 @@ def test_a_live_point_of_a_new_series_adds_a_chart(live, page):
     throughput = page.evaluate(CHART_OF, "throughput")
     assert throughput["steps"] == 1
     assert throughput["line_max"] == 1234.0
+    assert errors == []
 
 
 def test_a_compacted_run_says_its_charts_come_from_rollups(live, page):
