@@ -101,6 +101,7 @@ async function load() {
     chart.options.scales.y.title.text = state.metric;
     chart.update();
     renderRuns(body.simulations);
+    showRollupsNotice(body.simulations);
     $("chart-info").textContent =
       `${body.simulations.length} run(s) · ${state.metric} · at most ${MAX_POINTS} points each, ` +
       "every bucket's first, min, max and last kept";
@@ -108,6 +109,16 @@ async function load() {
   } catch (error) {
     showError(error.message);
   }
+}
+
+/** Compacted runs (`manage.py compact`) are drawn from their rollups: say which. */
+function showRollupsNotice(runs) {
+  const compacted = runs.filter((run) => run.rollups_only).map((run) => `${run.name} (#${run.simulation_id})`);
+  const notice = $("rollups-notice");
+  notice.textContent = compacted.length
+    ? `raw points compacted: chart drawn from rollups for ${compacted.join(", ")}`
+    : "";
+  notice.hidden = !compacted.length;
 }
 
 function watchRunning(runs) {

@@ -15,6 +15,18 @@ import {
   socketUrl,
   withQuery,
 } from "./live.js";
+import {
+  graphPoints,
+  graphSeries,
+  insertByStep,
+  livePoint,
+  renderSeries,
+  seriesDatasets,
+  seriesOptions,
+  setAxis,
+  smooth,
+  stepAtTime,
+} from "./series.js";
 
 const GRAPH_POINTS = 2000;
 const LIVE_POINTS_LIMIT = 20_000; // past this the chart reloads a downsampled view
@@ -22,7 +34,13 @@ const BACKFILL_PAGES = 3; // further behind than this: reload the chart instead 
 const SEEN_LIMIT = 200_000;
 const FINAL = new Set(["finished", "failed", "cancelled", "timed_out"]);
 const STARTABLE = new Set(["pending", "scheduled"]); // where a simulated run can begin
-const COLORS = { loss: "#5aa9ff", faded: "rgba(90, 169, 255, 0.35)", smooth: "#f0b45a" };
+const COLORS = {
+  line: "#5aa9ff",
+  faded: "rgba(90, 169, 255, 0.35)",
+  smooth: "#f0b45a",
+  band: "rgba(90, 169, 255, 0.18)",
+};
+const MAX_METRICS_PER_GRAPH = 10; // the graph endpoint's limit per request
 
 const root = document.getElementById("simulation");
 const config = root.dataset;
@@ -32,7 +50,7 @@ const $ = (id) => document.getElementById(id);
 
 const state = {
   status: initial.status,
-  points: [], // {x: step, y: loss}, sorted by step: the chart's first dataset
+  points: [], // {x: step, y: loss, t, b} (see series.js), sorted by step
   smoothed: [],
   seen: new Set(), // steps received, so a point sent twice (socket + backfill) counts once
   lastStep: -1, // the highest step seen, in view or not: where a backfill resumes
@@ -46,6 +64,10 @@ const state = {
   backfilling: false,
   backfillAgain: false,
   machineId: initial.machine,
+  axis: "step", // or "time": wall-clock time on every chart's x-axis
+  rollupsOnly: false,
+  others: new Map(), // metric -> SeriesChart, every series but loss
+  connects: 0,
 };
 
 // --- Chart -----------------------------------------------------------------------------------
@@ -57,43 +79,8 @@ function createChart() {
   Chart.defaults.font.family = getComputedStyle(document.body).getPropertyValue("--mono");
   return new Chart($("chart"), {
     type: "line",
-    data: {
-      datasets: [
-        { label: "loss", data: state.points, borderColor: COLORS.loss, borderWidth: 1.25 },
-        {
-          label: "smoothed",
-          data: state.smoothed,
-          borderColor: COLORS.smooth,
-          borderWidth: 2,
-          hidden: true,
-        },
-      ],
-    },
-    options: {
-      parsing: false,
-      normalized: true,
-      animation: false,
-      maintainAspectRatio: false,
-      elements: { point: { radius: 0, hoverRadius: 3, hitRadius: 4 }, line: { tension: 0 } },
-      interaction: { mode: "nearest", axis: "x", intersect: false },
-      scales: {
-        x: {
-          type: "linear",
-          title: { display: true, text: "step" },
-          ticks: { maxRotation: 0, callback: (value) => formatInt(value) },
-        },
-        y: { type: "linear", title: { display: true, text: "loss" } },
-      },
-      plugins: {
-        legend: { display: false },
-        tooltip: {
-          callbacks: {
-            title: (items) => `step ${formatInt(items[0].parsed.x)}`,
-            label: (item) => ` ${item.dataset.label}  ${formatLoss(item.parsed.y)}`,
-          },
-        },
-      },
-    },
+    data: { datasets: seriesDatasets("loss", COLORS) },
+    options: seriesOptions(state.axis, "loss"),
   });
 }
 
@@ -107,33 +94,8 @@ function smoothingWeight() {
   return Number($("smoothing-weight").value);
 }
 
-/** Exponential moving average, the way training dashboards smooth a noisy loss. */
 function recomputeSmoothing() {
-  const weight = smoothingWeight();
-  let value = null;
-  state.smoothed = state.points.map((p) => {
-    value = value === null ? p.y : weight * value + (1 - weight) * p.y;
-    return { x: p.x, y: value };
-  });
-  chart.data.datasets[1].data = state.smoothed;
-}
-
-function pushSmoothed(point) {
-  const previous = state.smoothed.at(-1);
-  const weight = smoothingWeight();
-  const y = previous ? weight * previous.y + (1 - weight) * point.y : point.y;
-  state.smoothed.push({ x: point.x, y });
-}
-
-function insertSorted(point) {
-  let lo = 0;
-  let hi = state.points.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (state.points[mid].x < point.x) lo = mid + 1;
-    else hi = mid;
-  }
-  state.points.splice(lo, 0, point);
+  state.smoothed = smooth(state.points, smoothingWeight());
 }
 
 function inView(step) {
@@ -141,34 +103,59 @@ function inView(step) {
   return !zoom || (step >= zoom.from && (zoom.to === null || step <= zoom.to));
 }
 
+function applyZoomLimits(target) {
+  // Over time the window is already what the graph answered for the zoomed steps.
+  const byStep = state.axis === "step" && state.zoom;
+  target.options.scales.x.min = byStep ? state.zoom.from : undefined;
+  target.options.scales.x.max = byStep ? (state.zoom.to ?? undefined) : undefined;
+}
+
 function draw() {
-  chart.options.scales.x.min = state.zoom ? state.zoom.from : undefined;
-  chart.options.scales.x.max = state.zoom?.to ?? undefined;
-  chart.update("none");
+  applyZoomLimits(chart);
+  renderSeries(chart, { points: state.points, smoothed: state.smoothed, axis: state.axis });
   $("chart-empty").hidden = state.points.length > 0;
+  $("rollups-notice").hidden = !state.rollupsOnly;
   showNumbers();
 }
 
 // --- Loading the curve -----------------------------------------------------------------------
 
-/** The chart's series from the graph endpoint: the whole run, or the zoomed step range. */
-async function loadGraph() {
-  const load = ++state.loads;
+/** Several series of the graph endpoint in as few requests as it allows, by metric. */
+async function fetchGraphs(metrics) {
   const zoom = state.zoom;
-  const graph = await getJSON(
-    withQuery(config.graphUrl, {
+  const requests = [];
+  for (let i = 0; i < metrics.length; i += MAX_METRICS_PER_GRAPH) {
+    const url = withQuery(config.graphUrl, {
+      metric: metrics.slice(i, i + MAX_METRICS_PER_GRAPH).join(","),
       max_points: GRAPH_POINTS,
       from_step: zoom?.from,
       to_step: zoom?.to,
-    }),
-  );
+    });
+    requests.push(getJSON(url));
+  }
+  const answers = await Promise.all(requests);
+  return new Map(answers.flatMap(graphSeries).map((series) => [series.metric, series]));
+}
+
+/** Every chart from the graph endpoint: the whole run, or the zoomed step range. */
+async function loadGraph() {
+  const load = ++state.loads;
+  const graphs = await fetchGraphs(["loss", ...state.others.keys()]);
   if (load !== state.loads) return; // a newer load (zoom, reset) replaced this one
+  showLossGraph(graphs.get("loss"));
+  for (const [metric, series] of state.others) {
+    if (graphs.has(metric)) series.show(graphs.get(metric));
+  }
+}
+
+function showLossGraph(graph) {
+  const zoom = state.zoom;
   const covered = graph.to_step ?? -1;
   // Live points that arrived while the request was out, past what it covers.
   const tail = state.points.filter((p) => p.x > covered && inView(p.x));
-  state.points = graph.points.map((p) => ({ x: p.step, y: p.loss })).concat(tail);
-  chart.data.datasets[0].data = state.points;
+  state.points = graphPoints(graph).concat(tail);
   state.downsampled = graph.downsampled;
+  state.rollupsOnly = Boolean(graph.rollups_only);
   state.inView = graph.raw_points + tail.length;
   for (const p of state.points) state.seen.add(p.x);
   if (!zoom) {
@@ -187,8 +174,8 @@ const reloadSoon = debounce(() => loadGraph().catch(showError), 500);
 /** Points from the socket or a backfill; each step is counted and drawn once. */
 function addPoints(points) {
   let changed = false;
-  let appendedOnly = true;
-  for (const { step, loss } of points) {
+  for (const raw of points) {
+    const { step, loss } = raw;
     if (state.seen.has(step)) continue;
     state.seen.add(step);
     changed = true;
@@ -200,17 +187,15 @@ function addPoints(points) {
     }
     if (!inView(step)) continue;
     state.inView += 1;
-    const point = { x: step, y: loss };
+    const point = livePoint(raw);
     if (!state.points.length || step > state.points.at(-1).x) {
       state.points.push(point);
-      pushSmoothed(point);
     } else {
-      insertSorted(point);
-      appendedOnly = false;
+      insertByStep(state.points, point);
     }
   }
   if (!changed) return;
-  if (!appendedOnly) recomputeSmoothing();
+  recomputeSmoothing();
   if (state.seen.size > SEEN_LIMIT) state.seen = new Set(state.points.map((p) => p.x));
   if (state.points.length > LIVE_POINTS_LIMIT) reloadSoon();
   draw();
@@ -242,6 +227,112 @@ async function backfill() {
   } finally {
     state.backfilling = false;
   }
+}
+
+// --- The other series: one small chart each -------------------------------------------------
+
+/** One series other than loss, in the grid under the loss chart. */
+class SeriesChart {
+  constructor(metric) {
+    this.metric = metric;
+    this.points = [];
+    this.smoothed = [];
+    this.seen = new Set();
+    this.rollupsOnly = false;
+    this.card = $("series-template").content.firstElementChild.cloneNode(true);
+    this.card.dataset.metric = metric;
+    this.card.querySelector(".series-name").textContent = metric;
+    const canvas = this.card.querySelector("canvas");
+    canvas.setAttribute("aria-label", `${metric} by step`);
+    $("series-grid").append(this.card);
+    $("series-section").hidden = false;
+    this.chart = new window.Chart(canvas, {
+      type: "line",
+      data: { datasets: seriesDatasets(metric, COLORS) },
+      options: seriesOptions(state.axis, metric),
+    });
+    this.card.querySelector(".series-log").addEventListener("change", (event) => {
+      this.chart.options.scales.y.type = event.target.checked ? "logarithmic" : "linear";
+      this.chart.update("none");
+    });
+  }
+
+  /** A graph answer for this series; live points past what it covers are kept. */
+  show(graph) {
+    const covered = graph.to_step ?? -1;
+    const tail = this.points.filter((p) => p.x > covered && inView(p.x));
+    this.points = graphPoints(graph).concat(tail);
+    this.seen = new Set(this.points.map((p) => p.x));
+    this.rollupsOnly = Boolean(graph.rollups_only);
+    this.draw();
+  }
+
+  add(points) {
+    let changed = false;
+    for (const raw of points) {
+      if (this.seen.has(raw.step) || !inView(raw.step)) continue;
+      this.seen.add(raw.step);
+      changed = true;
+      const point = livePoint(raw);
+      if (!this.points.length || point.x > this.points.at(-1).x) this.points.push(point);
+      else insertByStep(this.points, point);
+    }
+    if (!changed) return;
+    if (this.points.length > LIVE_POINTS_LIMIT) reloadSoon(); // all charts, downsampled again
+    this.draw();
+  }
+
+  setAxis(axis) {
+    setAxis(this.chart, axis);
+    this.draw();
+  }
+
+  draw() {
+    const on = smoothingOn();
+    this.smoothed = smooth(this.points, smoothingWeight());
+    const [line, smoothLine] = this.chart.data.datasets;
+    smoothLine.hidden = !on;
+    line.borderColor = on ? COLORS.faded : COLORS.line;
+    applyZoomLimits(this.chart);
+    renderSeries(this.chart, { points: this.points, smoothed: this.smoothed, axis: state.axis });
+    const latest = this.points.at(-1);
+    this.card.querySelector(".series-latest").textContent = latest ? formatLoss(latest.y) : "—";
+    this.card.querySelector(".chart-notice").hidden = !this.rollupsOnly;
+    this.card.querySelector(".chart-empty").hidden = this.points.length > 0;
+  }
+}
+
+/** Charts for series not on the page yet; returns the ones it added. */
+function addSeriesCharts(metrics) {
+  const added = [];
+  for (const metric of metrics) {
+    if (metric === "loss" || state.others.has(metric)) continue;
+    state.others.set(metric, new SeriesChart(metric));
+    added.push(metric);
+  }
+  return added;
+}
+
+/** Only these series from the graph endpoint (a new series, or after a reconnect). */
+async function loadSeries(metrics) {
+  if (!metrics.length) return;
+  const graphs = await fetchGraphs(metrics);
+  for (const [metric, graph] of graphs) state.others.get(metric)?.show(graph);
+}
+
+function addLivePoints(points) {
+  const byMetric = new Map();
+  for (const point of points) {
+    const metric = point.metric || "loss";
+    if (!byMetric.has(metric)) byMetric.set(metric, []);
+    byMetric.get(metric).push(point);
+  }
+  addPoints(byMetric.get("loss") ?? []);
+  byMetric.delete("loss");
+  const added = addSeriesCharts(byMetric.keys());
+  for (const [metric, metricPoints] of byMetric) state.others.get(metric).add(metricPoints);
+  // Points of a new series stored before this message (another request) come from the graph.
+  if (added.length) loadSeries(added).catch(showError);
 }
 
 // --- Numbers, status, machine ----------------------------------------------------------------
@@ -447,10 +538,12 @@ function wireDragZoom() {
     selection.hidden = true;
     if (b - a < 6) return; // a click, not a selection
     const scale = chart.scales.x;
-    zoomTo(
-      Math.max(0, Math.floor(scale.getValueForPixel(a))),
-      Math.ceil(scale.getValueForPixel(b)),
-    );
+    const [from, to] = [a, b].map((pixel) => scale.getValueForPixel(pixel));
+    if (state.axis === "time") {
+      zoomTo(stepAtTime(state.points, from), stepAtTime(state.points, to));
+    } else {
+      zoomTo(Math.max(0, Math.floor(from)), Math.ceil(to));
+    }
   });
 }
 
@@ -459,14 +552,22 @@ function wireControls() {
     chart.options.scales.y.type = event.target.checked ? "logarithmic" : "linear";
     chart.update("none");
   });
+  // Smoothing and the x-axis apply to every chart of the page; log scale to one chart each.
   const applySmoothing = () => {
     const on = smoothingOn();
     recomputeSmoothing();
     $("smoothing-value").textContent = smoothingWeight().toFixed(2);
     chart.data.datasets[1].hidden = !on;
-    chart.data.datasets[0].borderColor = on ? COLORS.faded : COLORS.loss;
-    chart.update("none");
+    chart.data.datasets[0].borderColor = on ? COLORS.faded : COLORS.line;
+    draw();
+    for (const series of state.others.values()) series.draw();
   };
+  $("x-axis").addEventListener("change", (event) => {
+    state.axis = event.target.value;
+    setAxis(chart, state.axis);
+    draw();
+    for (const series of state.others.values()) series.setAxis(state.axis);
+  });
   $("smoothing").addEventListener("change", applySmoothing);
   $("smoothing-weight").addEventListener("input", applySmoothing);
   $("zoom-form").addEventListener("submit", (event) => {
@@ -488,11 +589,16 @@ function wireControls() {
 
 function onMessage(message) {
   if (message.type === "snapshot") {
+    state.connects += 1;
     showStatus(message.simulation.status, message.simulation);
     backfill().catch(showError);
+    // After a reconnect the other series are reloaded whole rather than paged.
+    const reload = state.connects > 1 ? [...state.others.keys()] : [];
+    const added = addSeriesCharts(message.metrics ?? []);
+    loadSeries([...reload, ...added]).catch(showError);
   } else if (message.type === "points") {
-    // The loss chart: points of other series carry their metric, loss points do not.
-    addPoints(message.points.filter((p) => (p.metric || "loss") === "loss"));
+    // Points of other series carry their metric, loss points do not.
+    addLivePoints(message.points);
   } else if (message.type === "status") {
     showStatus(message.status, message.simulation);
   }
@@ -502,6 +608,12 @@ showTimes();
 showNumbers();
 wireControls();
 updateControls();
+try {
+  const { metrics } = await getJSON(config.metricsUrl);
+  addSeriesCharts(metrics.map((m) => m.metric));
+} catch (error) {
+  console.warn("series list", error); // the loss chart still loads
+}
 try {
   await loadGraph();
 } catch (error) {
