@@ -374,6 +374,37 @@ class GraphPointSerializer(serializers.Serializer):
     loss = serializers.FloatField()
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ZERO = timedelta(0)
+
+
+class ChartPointList(serializers.ListSerializer):
+    """A chart's points, thousands per answer (10,000 in a compare): each built as
+    `ChartPointSerializer` would build it, without a serializer pass per point, which cost
+    seven times as much as the dicts themselves."""
+
+    def to_representation(self, data):
+        field = self.child.fields["timestamp"].to_representation
+        utc = field(_EPOCH) == "1970-01-01T00:00:00Z"  # the field writes UTC times as ISO + Z
+
+        def timestamp(value):
+            if value is None:
+                return None
+            if utc and value.utcoffset() == _ZERO:  # what the field would write, 5x cheaper
+                text = value.isoformat()
+                return text[:-6] + "Z" if text.endswith("+00:00") else text
+            return field(value)
+
+        return [
+            {
+                "step": int(point["step"]),
+                "loss": float(point["loss"]),
+                "timestamp": timestamp(point["timestamp"]),
+            }
+            for point in data
+        ]
+
+
 class ChartPointSerializer(GraphPointSerializer):
     timestamp = serializers.DateTimeField(
         allow_null=True,
@@ -381,6 +412,9 @@ class ChartPointSerializer(GraphPointSerializer):
         "interpolated by step between its first and last point; null for rollups written "
         "before times were kept.",
     )
+
+    class Meta:
+        list_serializer_class = ChartPointList
 
 
 class SeriesGraphSerializer(serializers.Serializer):
