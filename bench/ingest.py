@@ -76,6 +76,12 @@ def phase_copy(conn, simulation_id, first, last) -> dict:
         (simulation_id, series_id, step, BASE_TIME + timedelta(milliseconds=step), loss_at(step))
         for step in range(first, last)
     ]
+    return {"stored": len(rows), "seconds": copy_rows(conn, rows)}
+
+
+def copy_rows(conn, rows) -> float:
+    """COPY (simulation_id, series_id, step, timestamp, loss_value) rows straight into
+    convergence_data and commit; the seconds it took."""
     started = time.perf_counter()
     with conn.cursor() as cur:
         with cur.copy(
@@ -85,7 +91,7 @@ def phase_copy(conn, simulation_id, first, last) -> dict:
             for row in rows:
                 copy.write_row(row)
     conn.commit()
-    return {"stored": len(rows), "seconds": time.perf_counter() - started}
+    return time.perf_counter() - started
 
 
 def phase_batch_vs_copy(server, token, api_sim, copy_sim, total, rounds=5) -> dict:

@@ -20,7 +20,7 @@ import time
 from datetime import timedelta
 
 import common
-from ingest import BASE_TIME, load_big, loss_at, series_of
+from ingest import BASE_TIME, copy_rows, load_big, loss_at, series_of
 
 METRICS = ("loss", "val/loss", "lr", "grad_norm")
 VALUES_PER_REQUEST = 10_000
@@ -48,7 +48,7 @@ def bodies(first: int, last: int) -> list[bytes]:
     return out
 
 
-def copy_rows(conn, simulation_id: int, first: int, last: int) -> float:
+def copy_series(conn, simulation_id: int, first: int, last: int) -> float:
     ids = {m: series_of(conn, simulation_id, m) for m in METRICS}
     conn.commit()
     rows = [
@@ -56,16 +56,7 @@ def copy_rows(conn, simulation_id: int, first: int, last: int) -> float:
         for step in range(first, last)
         for m in METRICS
     ]
-    started = time.perf_counter()
-    with conn.cursor() as cur:
-        with cur.copy(
-            "COPY convergence_data (simulation_id, series_id, step, timestamp, loss_value) "
-            "FROM STDIN"
-        ) as copy:
-            for row in rows:
-                copy.write_row(row)
-    conn.commit()
-    return time.perf_counter() - started
+    return copy_rows(conn, rows)
 
 
 def ingestion(server, token, api_sim, copy_sim, steps, rounds=5) -> dict:
@@ -84,7 +75,7 @@ def ingestion(server, token, api_sim, copy_sim, steps, rounds=5) -> dict:
                 stored += client.json("POST", f"/convergence/{api_sim}/points", body)["stored"]
             api = time.perf_counter() - started
             client.close()
-            copy = copy_rows(conn, copy_sim, first, last)
+            copy = copy_series(conn, copy_sim, first, last)
             api_s, copy_s = api_s + api, copy_s + copy
             ratios.append(copy / api)
             print(f"  round {r + 1}: API {api:.1f} s, COPY {copy:.1f} s", flush=True)

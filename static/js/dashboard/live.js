@@ -127,7 +127,7 @@ export function withQuery(url, params) {
 
 const DASH = "—";
 const integer = new Intl.NumberFormat("en-US");
-const dateTime = new Intl.DateTimeFormat(undefined, {
+export const dateTime = new Intl.DateTimeFormat(undefined, {
   month: "short",
   day: "numeric",
   hour: "2-digit",

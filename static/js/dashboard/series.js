@@ -6,17 +6,9 @@
 // counted from step 0), so the points of one bucket share `b`; a point that is not downsampled
 // (a small window, a live point) is a bucket of its own.
 
-import { formatInt, formatLoss } from "./live.js";
+import { dateTime as dayAndTime, formatInt, formatLoss } from "./live.js";
 
 const timeOfDay = new Intl.DateTimeFormat(undefined, {
-  hour: "2-digit",
-  minute: "2-digit",
-  second: "2-digit",
-  hour12: false,
-});
-const dayAndTime = new Intl.DateTimeFormat(undefined, {
-  month: "short",
-  day: "numeric",
   hour: "2-digit",
   minute: "2-digit",
   second: "2-digit",
