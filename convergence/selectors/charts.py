@@ -75,6 +75,13 @@ _BUCKETS = """
 """
 
 
+def _read_level(width: int) -> int:
+    """The coarsest rollup level whose buckets tile chart buckets `width` steps wide: the same
+    buckets, from the fewest rows (a 4096-step chart bucket is one level-3 row, not 16 of
+    level 2)."""
+    return max((lvl for lvl in ROLLUP_LEVELS if width % ROLLUP_FANOUT**lvl == 0), default=0)
+
+
 def _bounds(cursor, simulation_id: int, series_id: int) -> tuple[int | None, int | None]:
     cursor.execute(
         """
@@ -180,7 +187,7 @@ def _series_graph(
         last += ROLLUP_FANOUT - 1 - last % ROLLUP_FANOUT
     level_width = ROLLUP_FANOUT**level
     width = level_width * max(math.ceil(per_bucket / level_width), 1)
-    buckets = _bucket_rows(cursor, simulation_id, series_id, first, last, level, width)
+    buckets = _bucket_rows(cursor, simulation_id, series_id, first, last, _read_level(width), width)
     raw_count = sum(b["n"] for b in buckets)
     result["raw_points"] = raw_count
     if rollups_only:
