@@ -57,7 +57,7 @@ export class SeriesChart {
       this.chart.options.scales.y.type = event.target.checked ? "logarithmic" : "linear";
       this.chart.update("none");
     });
-    if (parts.selection) dragToZoom(this.chart, parts.selection, (f, t) => this.zoomTo(f, t));
+    dragToZoom(this.chart, parts.selection, (from, to) => this.zoomTo(from, to));
   }
 
   zoomTo(from, to) {
