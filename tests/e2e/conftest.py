@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 from django.conf import settings
@@ -223,3 +223,17 @@ def drag_across(page, canvas: str, from_x: float, to_x: float) -> None:
     page.mouse.down()
     page.mouse.move(*ends[1], steps=8)
     page.mouse.up()
+
+
+def request_queries(page, path_end: str) -> list[dict[str, list[str]]]:
+    """The query of every request the page makes from now on to a path ending in `path_end`,
+    in the order it makes them (a list that grows as it does)."""
+    queries = []
+
+    def seen(request):
+        url = urlsplit(request.url)
+        if url.path.endswith(path_end):
+            queries.append(parse_qs(url.query))
+
+    page.on("request", seen)
+    return queries

@@ -3,7 +3,6 @@ min/max band of its buckets, log scale, the step / wall-clock time x-axis, chart
 and the notice on charts drawn from rollups after `manage.py compact`."""
 
 from datetime import UTC, datetime, timedelta
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from rest_framework.authtoken.models import Token
@@ -11,7 +10,15 @@ from rest_framework.authtoken.models import Token
 from convergence.housekeeping import compact_points
 from convergence.services import Point, points_ingest
 from simulations.models import Simulation
-from tests.e2e.conftest import PASSWORD, api, drag_across, orm, screenshot, sign_in
+from tests.e2e.conftest import (
+    PASSWORD,
+    api,
+    drag_across,
+    orm,
+    request_queries,
+    screenshot,
+    sign_in,
+)
 from tests.factories import make_simulation, make_user
 
 pytestmark = pytest.mark.e2e
@@ -67,19 +74,6 @@ def _run(*, compacted: bool = False):
         )
         compact_points(older_than=datetime.now(UTC))
     return user, simulation, Token.objects.get_or_create(user=user)[0].key
-
-
-def _graph_requests(page) -> list[dict[str, list[str]]]:
-    """The query of every graph request the page makes from now on, as it makes them."""
-    queries = []
-
-    def seen(request):
-        url = urlsplit(request.url)
-        if url.path.endswith("/graph"):
-            queries.append(parse_qs(url.query))
-
-    page.on("request", seen)
-    return queries
 
 
 def _zoomed_to(page) -> tuple[int, int]:
@@ -180,7 +174,7 @@ def test_a_compacted_run_says_its_charts_come_from_rollups(live, page):
 def test_a_drag_across_a_small_chart_zooms_every_chart_with_one_graph_request(live, page):
     user, simulation, _ = orm(_run)
     errors = _open(page, live, user, simulation)
-    graphs = _graph_requests(page)
+    graphs = request_queries(page, "/graph")
 
     drag_across(page, '.series-card[data-metric="lr"] canvas', 2000, 3000)
     page.wait_for_function("() => document.getElementById('to-step').value !== ''")
@@ -213,7 +207,7 @@ def test_a_drag_over_wall_clock_time_zooms_every_chart_to_the_steps_of_that_time
     user, simulation, _ = orm(_run)
     errors = _open(page, live, user, simulation)
     page.select_option("#x-axis", "time")
-    graphs = _graph_requests(page)
+    graphs = request_queries(page, "/graph")
 
     at = [(BASE + timedelta(seconds=step)).timestamp() * 1000 for step in (1000, 1500)]
     drag_across(page, '.series-card[data-metric="grad_norm"] canvas', *at)
