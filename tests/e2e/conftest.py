@@ -9,6 +9,7 @@ calls while a loop runs in the thread; so the browser lives only as long as one 
 touch the database through `orm()`, which runs a call on a fresh thread.
 """
 
+import json
 import os
 import shutil
 import socket
@@ -19,7 +20,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 from django.conf import settings
@@ -186,3 +187,53 @@ def screenshot(page, name: str) -> Path:
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def api(server, token: str, method: str, path: str, body=None):
+    """A script's request to the running server, authenticated with a token."""
+    request = urllib.request.Request(
+        server.url + path,
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={
+            "Authorization": f"Token {token}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read() or b"null")
+
+
+def drag_across(page, canvas: str, from_x: float, to_x: float) -> None:
+    """Drags the mouse across a Chart.js chart from one x value to another (in its x scale's
+    units), halfway up its chart area, as a person selecting a range would."""
+    page.locator(canvas).scroll_into_view_if_needed()
+    ends = page.evaluate(
+        """([selector, values]) => {
+            const canvas = document.querySelector(selector);
+            const chart = Chart.getChart(canvas);
+            const box = canvas.getBoundingClientRect();
+            const y = box.top + (chart.chartArea.top + chart.chartArea.bottom) / 2;
+            return values.map((value) => [box.left + chart.scales.x.getPixelForValue(value), y]);
+        }""",
+        [canvas, [from_x, to_x]],
+    )
+    page.mouse.move(*ends[0])
+    page.mouse.down()
+    page.mouse.move(*ends[1], steps=8)
+    page.mouse.up()
+
+
+def request_queries(page, path_end: str) -> list[dict[str, list[str]]]:
+    """The query of every request the page makes from now on to a path ending in `path_end`,
+    in the order it makes them (a list that grows as it does)."""
+    queries = []
+
+    def seen(request):
+        url = urlsplit(request.url)
+        if url.path.endswith(path_end):
+            queries.append(parse_qs(url.query))
+
+    page.on("request", seen)
+    return queries

@@ -1,8 +1,6 @@
 """The compare page in a real browser: runs ticked on the fleet page overlaid for one metric,
 a legend, zoom that re-queries, and a running run's new points arriving live."""
 
-import json
-import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,7 +8,15 @@ from rest_framework.authtoken.models import Token
 
 from convergence.curves import LossCurve, TrainingSeries
 from convergence.services import Point, points_ingest
-from tests.e2e.conftest import PASSWORD, orm, screenshot, sign_in
+from tests.e2e.conftest import (
+    PASSWORD,
+    api,
+    drag_across,
+    orm,
+    request_queries,
+    screenshot,
+    sign_in,
+)
 from tests.factories import make_simulation, make_user
 
 pytestmark = pytest.mark.e2e
@@ -37,18 +43,6 @@ def _runs():
     return user, runs, Token.objects.get_or_create(user=user)[0].key
 
 
-def _post_points(server, token: str, simulation_id: int, points: list[dict]) -> None:
-    """Through the API of the running server, so its sockets hear of it."""
-    request = urllib.request.Request(
-        f"{server.url}/convergence/{simulation_id}/points",
-        data=json.dumps({"points": points}).encode(),
-        method="POST",
-        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 200
-
-
 def test_runs_ticked_on_the_fleet_page_are_overlaid_zoomed_and_updated_live(live, page):
     user, runs, token = orm(_runs)
     sign_in(page, live, user.username)
@@ -71,9 +65,8 @@ def test_runs_ticked_on_the_fleet_page_are_overlaid_zoomed_and_updated_live(live
 
     page.click("#zoom-reset")
     page.wait_for_function(f"{DATASETS}.some((d) => d.steps.at(-1) === 1499)")
-    _post_points(
-        live, token, runs[2].pk, [{"step": s, "loss_value": 0.1} for s in range(1500, 1510)]
-    )
+    points = [{"step": s, "loss_value": 0.1} for s in range(1500, 1510)]
+    api(live, token, "POST", f"/convergence/{runs[2].pk}/points", {"points": points})
     page.wait_for_function(f"{DATASETS}.some((d) => d.steps.at(-1) === 1509)")
 
     page.fill("#metric", "lr")
@@ -81,6 +74,34 @@ def test_runs_ticked_on_the_fleet_page_are_overlaid_zoomed_and_updated_live(live
     page.wait_for_url("**metric=lr*")
     page.wait_for_function(f"{DATASETS}.every((d) => d.steps.length > 0 && d.steps[1] === 10)")
     screenshot(page, "compare-lr")
+
+
+def test_a_drag_across_the_chart_re_queries_every_run_for_the_dragged_steps(live, page):
+    user, runs, _ = orm(_runs)
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    sign_in(page, live, user.username)
+    page.goto(f"{live.url}/dashboard/compare?simulations={','.join(str(r.pk) for r in runs)}")
+    page.wait_for_function(f"{DATASETS}.length === 3")
+    queries = request_queries(page, "/convergence/compare")
+
+    drag_across(page, "#chart", 500, 1400)
+    page.wait_for_function("() => document.getElementById('to-step').value !== ''")
+    first, last = int(page.input_value("#from-step")), int(page.input_value("#to-step"))
+    assert abs(first - 500) <= 10 and abs(last - 1400) <= 10  # a pixel is a few steps wide
+    page.wait_for_function(
+        f"""([first, last]) => {DATASETS}.every((d) => d.steps[0] === first
+            && d.steps.at(-1) === last && d.steps.length === last - first + 1)""",
+        arg=[first, last],
+    )
+    assert len(queries) == 1
+    assert (queries[0]["from_step"], queries[0]["to_step"]) == ([str(first)], [str(last)])
+    screenshot(page, "compare-zoomed")
+
+    page.click("#zoom-reset")
+    page.wait_for_function(f"{DATASETS}.every((d) => d.steps[0] === 0)")
+    assert len(queries) == 2 and "from_step" not in queries[1]
+    assert errors == []
 
 
 def test_a_run_that_does_not_exist_is_named_not_dropped(live, page):

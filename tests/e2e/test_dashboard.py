@@ -1,8 +1,6 @@
 """The dashboard in a real browser against a real daphne: live charts, reconnects, the
 simulated run button and the fleet page."""
 
-import json
-import urllib.request
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import SimpleNamespace
@@ -17,7 +15,7 @@ from machines.models import Machine
 from machines.services import machine_set_status
 from simulations.models import Simulation
 from simulations.services import simulation_finish, simulation_start
-from tests.e2e.conftest import PASSWORD, orm, screenshot, sign_in
+from tests.e2e.conftest import PASSWORD, api, orm, screenshot, sign_in
 from tests.factories import make_machine, make_simulation, make_user
 
 pytestmark = pytest.mark.e2e
@@ -73,22 +71,6 @@ def _stored_steps(simulation_id: int) -> list[int]:
 
 def _status(simulation_id: int) -> str:
     return Simulation.objects.get(pk=simulation_id).status
-
-
-def api(server, token: str, method: str, path: str, body=None):
-    """A script's request to the running server, authenticated with a token."""
-    request = urllib.request.Request(
-        server.url + path,
-        data=None if body is None else json.dumps(body).encode(),
-        method=method,
-        headers={
-            "Authorization": f"Token {token}",
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-        },
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read() or b"null")
 
 
 def open_simulation(page, server, world) -> None:

@@ -5,8 +5,7 @@ from rest_framework.authtoken.models import Token
 
 from machines.services import machine_agent_user
 from simulations.logs import LogInput, log_lines_append
-from tests.e2e.conftest import PASSWORD, orm, screenshot, sign_in
-from tests.e2e.test_dashboard import api
+from tests.e2e.conftest import PASSWORD, api, orm, screenshot, sign_in
 from tests.factories import make_machine, make_simulation, make_user
 
 pytestmark = pytest.mark.e2e

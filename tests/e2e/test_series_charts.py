@@ -2,8 +2,6 @@
 min/max band of its buckets, log scale, the step / wall-clock time x-axis, charts added live,
 and the notice on charts drawn from rollups after `manage.py compact`."""
 
-import json
-import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,7 +10,15 @@ from rest_framework.authtoken.models import Token
 from convergence.housekeeping import compact_points
 from convergence.services import Point, points_ingest
 from simulations.models import Simulation
-from tests.e2e.conftest import PASSWORD, orm, screenshot, sign_in
+from tests.e2e.conftest import (
+    PASSWORD,
+    api,
+    drag_across,
+    orm,
+    request_queries,
+    screenshot,
+    sign_in,
+)
 from tests.factories import make_simulation, make_user
 
 pytestmark = pytest.mark.e2e
@@ -30,6 +36,9 @@ CHARTS = """() => [...document.querySelectorAll("canvas")]
             x: chart.options.scales.x.type,
             x_title: chart.options.scales.x.title.text,
             first_x: line.data.length ? line.data[0].x : null,
+            last_x: line.data.length ? line.data.at(-1).x : null,
+            x_min: chart.options.scales.x.min ?? null,
+            x_max: chart.options.scales.x.max ?? null,
             y: chart.options.scales.y.type,
             low: low.data.map((p) => p.y),
             high: high.data.map((p) => p.y),
@@ -67,15 +76,8 @@ def _run(*, compacted: bool = False):
     return user, simulation, Token.objects.get_or_create(user=user)[0].key
 
 
-def _post_points(server, token: str, simulation_id: int, points: list[dict]) -> None:
-    request = urllib.request.Request(
-        f"{server.url}/convergence/{simulation_id}/points",
-        data=json.dumps({"points": points}).encode(),
-        method="POST",
-        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 200
+def _zoomed_to(page) -> tuple[int, int]:
+    return int(page.input_value("#from-step")), int(page.input_value("#to-step"))
 
 
 def _open(page, server, user, simulation) -> list[str]:
@@ -144,7 +146,7 @@ def test_a_live_point_of_a_new_series_adds_a_chart(live, page):
     errors = _open(page, live, user, simulation)
 
     points = [{"step": STEPS, "values": {"loss": 0.1, "throughput": 1234.0}}]
-    _post_points(live, token, simulation.pk, points)
+    api(live, token, "POST", f"/convergence/{simulation.pk}/points", {"points": points})
 
     page.wait_for_function(f"({CHARTS})().length === 5")
     throughput = page.evaluate(CHART_OF, "throughput")
@@ -167,3 +169,57 @@ def test_a_compacted_run_says_its_charts_come_from_rollups(live, page):
     page.wait_for_selector("#rollups-notice:not([hidden])")
     assert "four-series" in page.text_content("#rollups-notice")
     screenshot(page, "compare-rollups-only")
+
+
+def test_a_drag_across_a_small_chart_zooms_every_chart_with_one_graph_request(live, page):
+    user, simulation, _ = orm(_run)
+    errors = _open(page, live, user, simulation)
+    graphs = request_queries(page, "/graph")
+
+    drag_across(page, '.series-card[data-metric="lr"] canvas', 2000, 3000)
+    page.wait_for_function("() => document.getElementById('to-step').value !== ''")
+    first, last = _zoomed_to(page)
+    assert abs(first - 2000) <= 30 and abs(last - 3000) <= 30  # a pixel is ~20 steps wide
+    page.wait_for_function(
+        f"""([first, last]) => ({CHARTS})().every((c) => c.first_x === first
+            && c.last_x === last && c.steps === last - first + 1)""",
+        arg=[first, last],
+    )
+    for chart in page.evaluate(f"({CHARTS})()"):
+        assert (chart["x_min"], chart["x_max"]) == (first, last)
+    assert len(graphs) == 1
+    assert sorted(graphs[0]["metric"][0].split(",")) == ["grad_norm", "loss", "lr", "val/loss"]
+    assert (graphs[0]["from_step"], graphs[0]["to_step"]) == ([str(first)], [str(last)])
+    assert f"steps {first:,}–{last:,}" in page.text_content("#chart-info")
+    page.evaluate("window.scrollTo(0, 0)")  # the drag scrolled to the chart
+    screenshot(page, "simulation-series-zoomed")
+
+    page.click("#zoom-reset")
+    page.wait_for_function(
+        f"({CHARTS})().every((c) => c.first_x === 0 && c.x_min === null && c.steps <= 2000)"
+    )
+    assert len(graphs) == 2 and "from_step" not in graphs[1]
+    assert page.is_disabled("#zoom-reset")
+    assert errors == []
+
+
+def test_a_drag_over_wall_clock_time_zooms_every_chart_to_the_steps_of_that_time(live, page):
+    user, simulation, _ = orm(_run)
+    errors = _open(page, live, user, simulation)
+    page.select_option("#x-axis", "time")
+    graphs = request_queries(page, "/graph")
+
+    at = [(BASE + timedelta(seconds=step)).timestamp() * 1000 for step in (1000, 1500)]
+    drag_across(page, '.series-card[data-metric="grad_norm"] canvas', *at)
+    page.wait_for_function("() => document.getElementById('to-step').value !== ''")
+    first, last = _zoomed_to(page)
+    assert abs(first - 1000) <= 30 and abs(last - 1500) <= 30
+    start_ms = (BASE + timedelta(seconds=first)).timestamp() * 1000
+    page.wait_for_function(
+        f"""([ms, count]) => ({CHARTS})().every((c) => c.x === "time" && c.first_x === ms
+            && c.steps === count)""",
+        arg=[start_ms, last - first + 1],
+    )
+    assert len(graphs) == 1
+    assert len(graphs[0]["metric"][0].split(",")) == 4
+    assert errors == []

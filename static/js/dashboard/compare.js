@@ -1,13 +1,9 @@
 // The compare page: one metric of several runs on one chart, one line per run with a legend.
 // Zoom re-queries /convergence/compare for the window; running runs get their new points live.
 
-import {
-  LiveSocket,
-  formatInt,
-  formatLoss,
-  getJSON,
-  withQuery,
-} from "./live.js";
+import { LiveSocket, alertBox, formatInt, getJSON, withQuery } from "./live.js";
+import { applyChartTheme, chartOptions } from "./series.js";
+import { StepZoom, dragToZoom, stepsCovering } from "./zoom.js";
 
 const COLORS = ["#4f9dff", "#f5a524", "#3ccf91", "#ef5b5b", "#b47cff", "#2ec4d6", "#e879b9",
   "#a3be3c", "#ff8a4c", "#8b95a3"];
@@ -15,48 +11,20 @@ const MAX_POINTS = 1000;
 
 const root = document.getElementById("compare");
 const $ = (id) => document.getElementById(id);
-const state = { ids: [], metric: "loss", from: null, to: null, sockets: new Map() };
+const state = { ids: [], metric: "loss", sockets: new Map(), loads: 0 };
+let chart = null;
+let zoom = null;
+let errors = null;
 
 function parseIds(text) {
   return [...new Set(text.split(",").map((s) => s.trim()).filter((s) => /^\d+$/.test(s)))];
 }
 
 function createChart() {
-  const { Chart } = window;
-  Chart.defaults.color = "#8b95a3";
-  Chart.defaults.borderColor = "#262d38";
-  return new Chart($("chart"), {
-    type: "line",
-    data: { datasets: [] },
-    options: {
-      parsing: false,
-      normalized: true,
-      animation: false,
-      maintainAspectRatio: false,
-      elements: { point: { radius: 0, hoverRadius: 3, hitRadius: 4 }, line: { tension: 0 } },
-      interaction: { mode: "nearest", axis: "x", intersect: false },
-      scales: {
-        x: { type: "linear", title: { display: true, text: "step" },
-          ticks: { maxRotation: 0, callback: (v) => formatInt(v) } },
-        y: { type: "linear", title: { display: true, text: state.metric } },
-      },
-      plugins: {
-        legend: { display: true, position: "bottom" },
-        tooltip: { callbacks: {
-          title: (items) => `step ${formatInt(items[0].parsed.x)}`,
-          label: (item) => ` ${item.dataset.label}  ${formatLoss(item.parsed.y)}`,
-        } },
-      },
-    },
-  });
-}
-
-let chart = null;
-
-function showError(message) {
-  const box = $("error");
-  box.textContent = message || "";
-  box.hidden = !message;
+  applyChartTheme();
+  const options = chartOptions("step", state.metric);
+  options.plugins.legend = { display: true, position: "bottom" };
+  return new window.Chart($("chart"), { type: "line", data: { datasets: [] }, options });
 }
 
 function renderRuns(runs) {
@@ -82,15 +50,21 @@ function renderRuns(runs) {
 
 async function load() {
   if (!state.ids.length) {
-    showError("Choose runs: tick them on the fleet page, or type their ids above.");
+    errors.show("Choose runs: tick them on the fleet page, or type their ids above.");
     return;
   }
-  const params = { simulations: state.ids.join(","), metric: state.metric, max_points: MAX_POINTS };
-  if (state.from !== null) params.from_step = state.from;
-  if (state.to !== null) params.to_step = state.to;
+  const params = {
+    simulations: state.ids.join(","),
+    metric: state.metric,
+    max_points: MAX_POINTS,
+    from_step: zoom.range?.from,
+    to_step: zoom.range?.to,
+  };
+  const loadNumber = ++state.loads;
   try {
     const body = await getJSON(withQuery(root.dataset.compareUrl, params));
-    showError("");
+    if (loadNumber !== state.loads) return; // a newer load (zoom, reset, runs) replaced this one
+    errors.hide();
     chart.data.datasets = body.simulations.map((run, index) => ({
       label: `${run.name} (#${run.simulation_id})`,
       simulationId: run.simulation_id,
@@ -99,6 +73,7 @@ async function load() {
       borderWidth: 1.5,
     }));
     chart.options.scales.y.title.text = state.metric;
+    zoom.applyLimits(chart);
     chart.update();
     renderRuns(body.simulations);
     showRollupsNotice(body.simulations);
@@ -107,7 +82,7 @@ async function load() {
       "every bucket's first, min, max and last kept";
     watchRunning(body.simulations);
   } catch (error) {
-    showError(error.message);
+    errors.show(error);
   }
 }
 
@@ -137,7 +112,7 @@ function watchRunning(runs) {
 }
 
 function onLive(simulationId, message) {
-  if (message.type !== "points" || state.to !== null) return;  // a zoomed window stays put
+  if (message.type !== "points" || !zoom.followsLiveEnd) return; // a zoomed window stays put
   const dataset = chart.data.datasets.find((d) => d.simulationId === simulationId);
   if (!dataset) return;
   const last = dataset.data.length ? dataset.data[dataset.data.length - 1].x : -1;
@@ -157,6 +132,7 @@ function updateUrl() {
 }
 
 function start() {
+  errors = alertBox($("error"));
   chart = createChart();
   state.ids = parseIds(root.dataset.simulations || "");
   state.metric = root.dataset.metric || "loss";
@@ -167,18 +143,12 @@ function start() {
     updateUrl();
     load();
   });
-  $("zoom-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const from = $("from-step").value, to = $("to-step").value;
-    state.from = from === "" ? null : Number(from);
-    state.to = to === "" ? null : Number(to);
-    load();
-  });
-  $("zoom-reset").addEventListener("click", () => {
-    $("from-step").value = $("to-step").value = "";
-    state.from = state.to = null;
-    load();
-  });
+  // The form, or a drag across the chart: either re-queries /convergence/compare for the range.
+  zoom = new StepZoom(
+    { form: $("zoom-form"), from: $("from-step"), to: $("to-step"), reset: $("zoom-reset") },
+    { onChange: load, onError: errors.show },
+  );
+  dragToZoom(chart, $("chart-selection"), (from, to) => zoom.set(...stepsCovering(from, to)));
   $("log-scale").addEventListener("change", (event) => {
     chart.options.scales.y.type = event.target.checked ? "logarithmic" : "linear";
     chart.update();

@@ -170,6 +170,19 @@ export function setBadge(badge, status) {
   badge.textContent = status;
 }
 
+/** A page's `.alert` box: `show(error)` with an Error or a message, `hide()`. */
+export function alertBox(element) {
+  return {
+    show: (error) => {
+      element.textContent = typeof error === "string" ? error : error.message;
+      element.hidden = false;
+    },
+    hide: () => {
+      element.hidden = true;
+    },
+  };
+}
+
 /** Calls `fn` once, `ms` after the last of a burst of calls. */
 export function debounce(fn, ms) {
   let timer = null;

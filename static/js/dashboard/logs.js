@@ -7,7 +7,7 @@ import { LiveSocket, getJSON, withQuery } from "./live.js";
 const KEPT_LINES = 2000; // in the page; the server keeps more (GET /simulations/{id}/logs)
 const PAGE = 1000;
 
-class LogPanel {
+export class LogPanel {
   constructor(root) {
     this.url = root.dataset.logsUrl;
     this.output = root.querySelector("#log-lines");
@@ -82,6 +82,3 @@ class LogPanel {
     if (this.follow.checked && atBottom) this.output.scrollTop = this.output.scrollHeight;
   }
 }
-
-const root = document.getElementById("logs");
-if (root) new LogPanel(root).start();

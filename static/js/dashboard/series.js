@@ -208,8 +208,18 @@ export function seriesDatasets(label, colors) {
   ];
 }
 
-/** Common options of every series chart on the page. */
-export function seriesOptions(axis, yTitle) {
+/** The dashboard's colours and font for every Chart.js chart (call before creating one). */
+export function applyChartTheme() {
+  const { Chart } = window;
+  Chart.defaults.color = "#8b95a3";
+  Chart.defaults.borderColor = "#262d38";
+  Chart.defaults.font.family = getComputedStyle(document.body).getPropertyValue("--mono");
+}
+
+/** Options every line chart of the dashboard shares: points given as {x, y}, no animation,
+ * the step or time x-axis, a y-axis titled `yTitle`, and tooltips read as step (or time) and
+ * value. */
+export function chartOptions(axis, yTitle) {
   return {
     parsing: false,
     normalized: true,
@@ -221,8 +231,6 @@ export function seriesOptions(axis, yTitle) {
     plugins: {
       legend: { display: false },
       tooltip: {
-        // the band's edges are context, not values to read one by one
-        filter: (item) => item.datasetIndex < 2,
         callbacks: {
           title: tooltipTitle(axis),
           label: (item) => ` ${item.dataset.label}  ${formatLoss(item.parsed.y)}`,
@@ -230,6 +238,14 @@ export function seriesOptions(axis, yTitle) {
       },
     },
   };
+}
+
+/** Options of a series chart (the datasets of `seriesDatasets`). */
+export function seriesOptions(axis, yTitle) {
+  const options = chartOptions(axis, yTitle);
+  // the band's edges are context, not values to read one by one
+  options.plugins.tooltip.filter = (item) => item.datasetIndex < 2;
+  return options;
 }
 
 /** Fills a chart's four datasets from its points and draws it. */
