@@ -330,3 +330,44 @@ def make_fixtures(*, simulations: int = 1, owner_staff: bool = True) -> tuple[st
         [Simulation(name=f"bench-{i}", owner=user) for i in range(simulations)]
     )
     return token.key, [s.pk for s in sims]
+
+
+def make_running(simulation_ids: list[int]) -> None:
+    """Put simulations in `running`, each on a busy machine of its own (the database refuses an
+    active simulation without one: `active_simulation_has_machine`)."""
+    from django.utils import timezone
+
+    from machines.models import Machine
+    from simulations.models import Simulation
+
+    now = timezone.now()
+    machines = Machine.objects.bulk_create(
+        [
+            Machine(name=f"bench-m{pk}", cpu="bench", memory=16, status=Machine.Status.BUSY)
+            for pk in simulation_ids
+        ]
+    )
+    sims = list(Simulation.objects.filter(pk__in=simulation_ids).order_by("pk"))
+    for sim, machine in zip(sims, machines, strict=True):
+        sim.status, sim.machine = Simulation.Status.RUNNING, machine
+        sim.scheduled_at = sim.started_at = sim.last_heartbeat_at = now
+    Simulation.objects.bulk_update(
+        sims, ["status", "machine", "scheduled_at", "started_at", "last_heartbeat_at"]
+    )
+
+
+def make_finished(simulation_ids: list[int], *, days_ago: float) -> None:
+    """Put simulations in `finished`, ended `days_ago` days before now (what `compact` picks)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from simulations.models import Simulation
+
+    ended = timezone.now() - timedelta(days=days_ago)
+    Simulation.objects.filter(pk__in=simulation_ids).update(
+        status=Simulation.Status.FINISHED,
+        created_at=ended - timedelta(days=1),
+        started_at=ended - timedelta(hours=20),
+        finished_at=ended,
+    )
