@@ -26,6 +26,11 @@ ERR_SINGLE_VALUES = "A single point carries loss_value (and metric); use /points
 ERR_TWICE = "Appears twice in this batch with different values."
 ERR_TOO_MANY_VALUES = f"At most {MAX_BATCH_POINTS} values per request."
 METRIC_HELP = 'Default "loss". 1-100 letters, digits, or _ . / - (e.g. val/loss, lr).'
+TIMESTAMP_HELP = "ISO 8601, 2000-01-01 to a day from now (400 otherwise); server time if omitted."
+VALUES_HELP = (
+    'Several metrics at this step, e.g. {"loss": 0.31, "lr": 0.0003}, instead of loss_value '
+    "and metric; each name as `metric` (1-100 letters, digits, or _ . / -; 400 otherwise)."
+)
 
 
 class PointSerializer(serializers.Serializer):
@@ -68,13 +73,24 @@ class PointInputSerializer(serializers.Serializer):
     step = serializers.IntegerField(
         min_value=0, max_value=MAX_STEP, required=False, help_text="Omit to take the next step."
     )
-    timestamp = serializers.DateTimeField(
-        required=False, help_text="ISO 8601, 2000-01-01 to a day from now; server time if omitted."
-    )
+    timestamp = serializers.DateTimeField(required=False, help_text=TIMESTAMP_HELP)
+
+    # A single point carries loss_value; `values` is the batch's form (400 here).
+    openapi_rules = {"properties": {"values": {"not": {}, "description": "Not allowed here."}}}
 
 
 class BarePointInputSerializer(PointInputSerializer):
     simulation_id = None
+
+
+class ValuesField(serializers.DictField):
+    def openapi_schema(self, map_child, direction):
+        return {
+            "type": "object",
+            "additionalProperties": map_child(self.child),
+            "minProperties": 1,
+            "description": self.help_text,
+        }
 
 
 class BatchPointSerializer(serializers.Serializer):
@@ -83,13 +99,19 @@ class BatchPointSerializer(serializers.Serializer):
     metric = serializers.RegexField(
         METRIC_PATTERN, max_length=METRIC_MAX_LENGTH, required=False, help_text=METRIC_HELP
     )
-    values = serializers.DictField(
-        child=serializers.FloatField(),
-        required=False,
-        help_text='Several metrics at this step, e.g. {"loss": 0.31, "lr": 0.0003}; '
-        "instead of loss_value and metric.",
-    )
-    timestamp = serializers.DateTimeField(required=False)
+    values = ValuesField(child=serializers.FloatField(), required=False, help_text=VALUES_HELP)
+    timestamp = serializers.DateTimeField(required=False, help_text=TIMESTAMP_HELP)
+
+    # Either loss_value (and metric) or values, never both and never neither.
+    openapi_rules = {
+        "oneOf": [
+            {"required": ["loss_value"], "properties": {"values": {"not": {}}}},
+            {
+                "required": ["values"],
+                "properties": {"loss_value": {"not": {}}, "metric": {"not": {}}},
+            },
+        ]
+    }
 
 
 class BatchInputSerializer(serializers.Serializer):
@@ -98,7 +120,11 @@ class BatchInputSerializer(serializers.Serializer):
 
     # A ListField (not many=True) so the schema shows minItems/maxItems.
     points = serializers.ListField(
-        child=BatchPointSerializer(), min_length=1, max_length=MAX_BATCH_POINTS
+        child=BatchPointSerializer(),
+        min_length=1,
+        max_length=MAX_BATCH_POINTS,
+        help_text=f"At most {MAX_BATCH_POINTS} values in all; a metric and step given twice "
+        "must carry the same value (400 otherwise).",
     )
 
 
@@ -191,7 +217,9 @@ def _point_errors(item, now: datetime, *, step_required: bool) -> tuple[dict, tu
                 timestamp = timestamp.replace(tzinfo=UTC)
             if not EARLIEST_TIMESTAMP <= timestamp <= now + FUTURE_TOLERANCE:
                 errors["timestamp"] = [ERR_TIMESTAMP_RANGE]
-        except (TypeError, ValueError, OverflowError):
+        except OverflowError:  # a real date-time, beyond year 1..9999 in UTC
+            errors["timestamp"] = [ERR_TIMESTAMP_RANGE]
+        except (TypeError, ValueError):
             errors["timestamp"] = [ERR_TIMESTAMP]
     step_for_guard = step if type(step) is int else None
     values = item.get("values", _ABSENT)
@@ -292,6 +320,7 @@ def parse_point_batch(data) -> list[Point]:
 
 
 MAX_GRAPH_METRICS = 10
+DATA_PAGE_DEFAULT, DATA_PAGE_MAX = 1000, 10_000
 MAX_COMPARE_SIMULATIONS = 20
 
 
@@ -317,13 +346,30 @@ class CommaListField(serializers.CharField):
         values = [self.item.run_validation(part) for part in items]
         return list(dict.fromkeys(values))  # in order, each once
 
+    def openapi_schema(self, map_child, direction):
+        items = map_child(self.item)
+        items = {k: v for k, v in items.items() if k not in ("default", "description")}
+        schema = {"type": "array", "items": items, "minItems": 1, "maxItems": self.max_items}
+        if self.help_text:
+            schema["description"] = self.help_text
+        if self.default not in (serializers.empty, None):
+            schema["default"] = [self.default]
+        return schema
+
 
 class WindowQuerySerializer(serializers.Serializer):
     max_points = serializers.IntegerField(
         min_value=GRAPH_MIN_POINTS, max_value=GRAPH_MAX_POINTS, default=GRAPH_DEFAULT_POINTS
     )
-    from_step = serializers.IntegerField(min_value=0, max_value=MAX_STEP, required=False)
-    to_step = serializers.IntegerField(min_value=0, max_value=MAX_STEP, required=False)
+    from_step = serializers.IntegerField(
+        min_value=0, max_value=MAX_STEP, required=False, help_text="The window's first step."
+    )
+    to_step = serializers.IntegerField(
+        min_value=0,
+        max_value=MAX_STEP,
+        required=False,
+        help_text="The window's last step; not less than from_step (400 otherwise).",
+    )
 
     def validate(self, attrs):
         if attrs.get("from_step", 0) > attrs.get("to_step", MAX_STEP):
@@ -366,6 +412,15 @@ class DataQuerySerializer(serializers.Serializer):
         required=False,
         default=None,
         help_text='JSON pages: default "loss". CSV: without it, every series in long form.',
+    )
+    cursor = serializers.CharField(
+        required=False, help_text="From a page's next/previous link (400 for any other)."
+    )
+    limit = serializers.IntegerField(
+        min_value=1,
+        max_value=DATA_PAGE_MAX,
+        required=False,
+        help_text=f"Points per page ({DATA_PAGE_DEFAULT:,}; at most {DATA_PAGE_MAX:,}).",
     )
 
 

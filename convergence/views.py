@@ -16,6 +16,8 @@ from rest_framework.response import Response
 from convergence import selectors, services
 from convergence.models import DEFAULT_METRIC, ConvergencePoint
 from convergence.serializers import (
+    DATA_PAGE_DEFAULT,
+    DATA_PAGE_MAX,
     BarePointInputSerializer,
     BatchInputSerializer,
     BatchResultSerializer,
@@ -52,13 +54,13 @@ class StepCursorPagination(CursorPagination):
     """Keyset pages by step. A cursor that does not decode to one is a 400, not a 500."""
 
     ordering = "step"
-    page_size = 1000
-    page_size_query_param = "limit"
-    max_page_size = 10_000
+    page_size = DATA_PAGE_DEFAULT
+    page_size_query_param = "limit"  # validated by DataQuerySerializer first
+    max_page_size = DATA_PAGE_MAX
 
     def decode_cursor(self, request):
         encoded = request.query_params.get(self.cursor_query_param)
-        if encoded is None:
+        if not encoded:  # absent, or sent empty: the first page, as for every empty parameter
             return None
         try:
             text = b64decode(encoded.encode("ascii"), validate=True).decode("ascii")
@@ -259,8 +261,6 @@ class ConvergenceViewSet(viewsets.ViewSet):
         parameters=[
             SIMULATION_ID,
             DataQuerySerializer,
-            OpenApiParameter("cursor", str, description="From a page's next/previous link."),
-            OpenApiParameter("limit", int, description="Points per page (1,000; at most 10,000)."),
             OpenApiParameter(
                 "format", str, enum=["json", "csv"], description="csv streams the whole run"
             ),

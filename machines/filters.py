@@ -1,12 +1,13 @@
 import django_filters
 
 from machines.models import Machine
+from simsched.filters import IntegerFilter
 
 
 class MachineFilter(django_filters.FilterSet):
     name = django_filters.CharFilter(lookup_expr="icontains")
-    min_gpus = django_filters.NumberFilter(field_name="gpu_count", lookup_expr="gte")
-    min_memory = django_filters.NumberFilter(field_name="memory", lookup_expr="gte")
+    min_gpus = IntegerFilter(field_name="gpu_count", lookup_expr="gte")
+    min_memory = IntegerFilter(field_name="memory", lookup_expr="gte")
 
     class Meta:
         model = Machine

@@ -1,16 +1,35 @@
 from rest_framework import serializers
 
 from machines.models import Machine
+from simsched.serializers import StrictModelSerializer
+
+SETTABLE_STATUSES = [Machine.Status.AVAILABLE, Machine.Status.MAINTENANCE]
 
 
-class MachineSerializer(serializers.ModelSerializer):
+class MachineStatusField(serializers.ChoiceField):
+    """Any status reads back; a request sets available or maintenance. `busy` still reaches
+    the service, which refuses it with the reason."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault(
+            "help_text",
+            "available or maintenance, as PATCH /machines/{id}/status (busy is the scheduler's).",
+        )
+        super().__init__(choices=Machine.Status.choices, **kwargs)
+
+    def openapi_schema(self, map_child, direction):
+        if direction != "request":
+            return None
+        return {
+            "type": "string",
+            "enum": [s.value for s in SETTABLE_STATUSES],
+            "description": self.help_text,
+        }
+
+
+class MachineSerializer(StrictModelSerializer):
     current_simulation = serializers.SerializerMethodField()
-    status = serializers.ChoiceField(
-        choices=Machine.Status.choices,
-        required=False,
-        help_text="available or maintenance, as PATCH /machines/{id}/status (busy is the "
-        "scheduler's).",
-    )
+    status = MachineStatusField(required=False)
 
     class Meta:
         model = Machine
@@ -50,7 +69,7 @@ class MachineSerializer(serializers.ModelSerializer):
 
 
 class MachineStatusSerializer(serializers.Serializer):
-    status = serializers.ChoiceField(choices=Machine.Status.choices)
+    status = MachineStatusField()
 
 
 class UtilisationSerializer(serializers.Serializer):

@@ -170,7 +170,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "simsched.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "simsched.exceptions.api_exception_handler",
     "NON_FIELD_ERRORS_KEY": "non_field_errors",
 }
@@ -189,11 +189,14 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
+        "simsched.openapi.state_parameter_rules",
         "simsched.openapi.document_errors",
     ],
     "ENUM_NAME_OVERRIDES": {
         "MachineStatusEnum": "machines.models.Machine.Status",
         "SimulationStatusEnum": "simulations.models.Simulation.Status",
+        "NewSimulationStatusEnum": [("pending", "Pending")],
+        "SettableMachineStatusEnum": ["available", "maintenance"],
     },
 }
 

@@ -16,6 +16,8 @@ from simsched.exceptions import ApplicationError
 METRIC_NAME = re.compile(r"^[A-Za-z0-9_./-]{1,100}$")
 MAX_STALL_SECONDS = 30 * 24 * 3600
 MAX_WINDOW = 2**31 - 1
+# A factor or min_delta beyond it means "never"; the bound makes 10**400 a 400, not a 500.
+MAX_GUARD_NUMBER = 1e12
 GUARD_KEYS = ("nan", "stall_seconds", "plateau", "divergence")
 POINT_GUARDS = ("plateau", "divergence")  # evaluated on every write that carries their metric
 
@@ -24,7 +26,7 @@ ERR_UNKNOWN_GUARD = "Unknown guard '{key}'; known: nan, stall_seconds, plateau, 
 ERR_NAN = "Must be true or false."
 ERR_STALL = f"Must be an integer number of seconds from 1 to {MAX_STALL_SECONDS}, or null."
 ERR_METRIC = "metric must be 1-100 letters, digits or _ . / - (e.g. 'loss')."
-ERR_PLATEAU = "Must be null or {metric, window (steps >= 1), min_delta (>= 0)}."
+ERR_PLATEAU = "Must be null or {metric, window (steps >= 1), min_delta (0 to 1e12)}."
 ERR_DIVERGENCE = "Must be null or {metric, factor (a number > 1)}."
 
 
@@ -47,7 +49,7 @@ def _plateau(value) -> dict:
     window, min_delta = value.get("window"), value.get("min_delta", 0)
     if type(window) is not int or not 1 <= window <= MAX_WINDOW:
         errors.append(ERR_PLATEAU)
-    if not _is_number(min_delta) or min_delta < 0:
+    if not _is_number(min_delta) or not 0 <= min_delta <= MAX_GUARD_NUMBER:
         errors.append(ERR_PLATEAU)
     if errors:
         raise ValueError(" ".join(dict.fromkeys(errors)))
@@ -60,7 +62,7 @@ def _divergence(value) -> dict:
         raise ValueError(ERR_DIVERGENCE)
     metric = _metric(value, errors)
     factor = value.get("factor")
-    if not _is_number(factor) or not 1 < factor <= 1e12:
+    if not _is_number(factor) or not 1 < factor <= MAX_GUARD_NUMBER:
         errors.append(ERR_DIVERGENCE)
     if errors:
         raise ValueError(" ".join(dict.fromkeys(errors)))

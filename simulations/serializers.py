@@ -1,11 +1,24 @@
+from django.core.validators import ProhibitNullCharactersValidator
 from rest_framework import serializers
 
 from convergence.selectors import simulation_point_stats
 from machines.models import Machine
 from machines.serializers import MachineSerializer
-from simsched.db import is_storable_id
+from simsched.db import MAX_ID, is_storable_id
 from simsched.exceptions import ApplicationError
-from simulations.guard_rules import normalize_guards
+from simsched.serializers import (
+    StrictBooleanField,
+    StrictIntegerField,
+    StrictModelSerializer,
+    TextField,
+)
+from simulations.guard_rules import (
+    MAX_GUARD_NUMBER,
+    MAX_STALL_SECONDS,
+    MAX_WINDOW,
+    METRIC_NAME,
+    normalize_guards,
+)
 from simulations.logs import (
     LOGS_PAGE_DEFAULT,
     LOGS_PAGE_MAX,
@@ -31,13 +44,77 @@ MAX_DURATION_MAX = 366 * 24 * 3600
 PREEMPT_GRACE_MAX = 24 * 3600
 
 
-class TextField(serializers.CharField):
-    """A string, as sent: numbers and booleans are refused, not turned into text."""
+def _guards_schema() -> dict:
+    metric = {"type": "string", "pattern": METRIC_NAME.pattern, "maxLength": 100}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "nan": {"type": "boolean", "description": "Stop the run at a NaN or infinite value."},
+            "stall_seconds": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_STALL_SECONDS,
+                "nullable": True,
+                "description": "Stop the run after this long without a point; null: off.",
+            },
+            "plateau": {
+                "type": "object",
+                "nullable": True,
+                "additionalProperties": False,
+                "required": ["window"],
+                "properties": {
+                    "metric": metric,
+                    "window": {"type": "integer", "minimum": 1, "maximum": MAX_WINDOW},
+                    "min_delta": {"type": "number", "minimum": 0, "maximum": MAX_GUARD_NUMBER},
+                },
+            },
+            "divergence": {
+                "type": "object",
+                "nullable": True,
+                "additionalProperties": False,
+                "required": ["factor"],
+                "properties": {
+                    "metric": metric,
+                    "factor": {
+                        "type": "number",
+                        "minimum": 1,
+                        "exclusiveMinimum": True,
+                        "maximum": MAX_GUARD_NUMBER,
+                    },
+                },
+            },
+        },
+    }
 
-    def to_internal_value(self, data):
-        if not isinstance(data, str):
-            self.fail("invalid")
-        return super().to_internal_value(data)
+
+class GuardsField(serializers.JSONField):
+    """The guards object; `normalize_guards` validates it, the schema states the same rules."""
+
+    def openapi_schema(self, map_child, direction):
+        if direction != "request":
+            return None
+        return {**_guards_schema(), "description": self.help_text}
+
+
+class EnvField(serializers.DictField):
+    def openapi_schema(self, map_child, direction):
+        return {
+            "type": "object",
+            "additionalProperties": map_child(self.child),
+            "maxProperties": MAX_ENV_VARS,
+            "description": self.help_text,
+        }
+
+
+class LogTextField(serializers.CharField):
+    """Any text: a program's output may hold NULs (stored as U+FFFD), which CharField refuses."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.validators = [
+            v for v in self.validators if not isinstance(v, ProhibitNullCharactersValidator)
+        ]
 
 
 class WaitReasonSerializer(serializers.Serializer):
@@ -63,21 +140,27 @@ class SimulationListSerializer(serializers.ListSerializer):
 
 
 class MachineReferenceField(serializers.PrimaryKeyRelatedField):
-    """A machine's id: an integer (or its digits, from HTML forms), never a float, a boolean or
-    a number no primary key can be (DRF's field would look up pk=1.5 as machine 1, and pass
+    """A machine's id: an integer, never its digits as text, a float, a boolean or a number no
+    primary key can be (DRF's field would look up pk=1.5 as machine 1, and pass
     1e400 to the database)."""
 
     def to_internal_value(self, data):
-        if isinstance(data, str) and data.isascii() and data.isdigit() and len(data) <= 20:
-            data = int(data)
         if isinstance(data, bool) or not isinstance(data, int):
             self.fail("incorrect_type", data_type=type(data).__name__)
         if not is_storable_id(data):
             self.fail("does_not_exist", pk_value=data)
         return super().to_internal_value(data)
 
+    def openapi_schema(self, map_child, direction):
+        schema = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+        if self.allow_null:
+            schema["nullable"] = True
+        if self.help_text:
+            schema["description"] = f"{self.help_text} It must exist (400 naming the field)."
+        return schema
 
-class SimulationSerializer(serializers.ModelSerializer):
+
+class SimulationSerializer(StrictModelSerializer):
     owner = serializers.CharField(
         source="owner.username", read_only=True, default=None, allow_null=True
     )
@@ -103,29 +186,25 @@ class SimulationSerializer(serializers.ModelSerializer):
         required=False,
         help_text="On update: running, finished, failed or cancelled, following the lifecycle.",
     )
-    priority = serializers.IntegerField(
-        min_value=PRIORITY_MIN, max_value=PRIORITY_MAX, required=False
-    )
-    required_gpus = serializers.IntegerField(min_value=0, max_value=1024, required=False)
-    required_memory = serializers.IntegerField(min_value=1, max_value=1_000_000, required=False)
-    required_cpu_cores = serializers.IntegerField(min_value=0, max_value=100_000, required=False)
-    max_duration = serializers.IntegerField(
+    priority = StrictIntegerField(min_value=PRIORITY_MIN, max_value=PRIORITY_MAX, required=False)
+    required_gpus = StrictIntegerField(min_value=0, max_value=1024, required=False)
+    required_memory = StrictIntegerField(min_value=1, max_value=1_000_000, required=False)
+    required_cpu_cores = StrictIntegerField(min_value=0, max_value=100_000, required=False)
+    max_duration = StrictIntegerField(
         min_value=1,
         max_value=MAX_DURATION_MAX,
         required=False,
         allow_null=True,
         help_text="Seconds of running before it ends timed_out; null for no limit.",
     )
-    guards = serializers.JSONField(
+    guards = GuardsField(
         required=False,
         help_text='E.g. {"nan": true, "stall_seconds": 600, "plateau": {"metric": "loss", '
         '"window": 5000, "min_delta": 0.001}, "divergence": {"metric": "loss", "factor": 10}}; '
         "keys left out take the fleet's defaults (SIMSCHED_DEFAULT_GUARDS).",
     )
-    preemptible = serializers.BooleanField(required=False)
-    preempt_grace = serializers.IntegerField(
-        min_value=0, max_value=PREEMPT_GRACE_MAX, required=False
-    )
+    preemptible = StrictBooleanField(required=False)
+    preempt_grace = StrictIntegerField(min_value=0, max_value=PREEMPT_GRACE_MAX, required=False)
     resume_step = serializers.SerializerMethodField()
     command = serializers.ListField(
         child=TextField(allow_blank=True, trim_whitespace=False, max_length=MAX_LAUNCH_STRING),
@@ -133,12 +212,13 @@ class SimulationSerializer(serializers.ModelSerializer):
         required=False,
         help_text="What the machine's agent runs: a list of arguments (changeable while pending).",
     )
-    env = serializers.DictField(
+    env = EnvField(
         child=TextField(allow_blank=True, trim_whitespace=False, max_length=MAX_LAUNCH_STRING),
         required=False,
         help_text=(
-            f"Environment variables for the command (at most {MAX_ENV_VARS}). Secret: shown "
-            "only to the owner, staff and the agent of the simulation's machine."
+            f"Environment variables for the command (at most {MAX_ENV_VARS}): names of letters, "
+            "digits and _, not starting with a digit or SIMSCHED_. Secret: shown only to the "
+            "owner, staff and the agent of the simulation's machine."
         ),
     )
     working_dir = TextField(
@@ -261,12 +341,22 @@ class SimulationSerializer(serializers.ModelSerializer):
         }
 
 
+class SimulationCreateSerializer(SimulationSerializer):
+    """POST /simulations: a new simulation starts pending (the only status it may name)."""
+
+    status = serializers.ChoiceField(
+        choices=[(Simulation.Status.PENDING, "Pending")],
+        required=False,
+        help_text="A new simulation starts pending.",
+    )
+
+
 class BareSqlCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=200)
+    name = TextField(max_length=200)
 
 
 class FailSerializer(serializers.Serializer):
-    reason = serializers.CharField(max_length=500, required=False, allow_blank=True)
+    reason = TextField(max_length=500, required=False, allow_blank=True)
 
 
 class HeartbeatSerializer(serializers.Serializer):
@@ -295,10 +385,10 @@ class DetailedSimulationSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
     status = serializers.CharField()
-    priority = serializers.IntegerField()
-    required_gpus = serializers.IntegerField()
-    required_memory = serializers.IntegerField()
-    required_cpu_cores = serializers.IntegerField()
+    priority = StrictIntegerField()
+    required_gpus = StrictIntegerField()
+    required_memory = StrictIntegerField()
+    required_cpu_cores = StrictIntegerField()
     pinned_machine_id = serializers.IntegerField(allow_null=True)
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
@@ -331,7 +421,7 @@ class BudgetUsageSerializer(serializers.Serializer):
 class LogLineSerializer(serializers.Serializer):
     seq = serializers.IntegerField(min_value=0, max_value=MAX_SEQ)
     stream = serializers.ChoiceField(choices=LogLine.Stream.choices)
-    line = serializers.CharField(
+    line = LogTextField(
         allow_blank=True,
         trim_whitespace=False,
         max_length=MAX_LINE_CHARS,

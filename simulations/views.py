@@ -27,6 +27,7 @@ from simulations.serializers import (
     LogBatchSerializer,
     LogPageSerializer,
     LogsQuerySerializer,
+    SimulationCreateSerializer,
     SimulationSerializer,
     parse_log_batch,
 )
@@ -44,6 +45,13 @@ class SimulationViewSet(viewsets.ModelViewSet):
     ordering = ["-created_at", "-id"]
     permission_classes = [IsAuthenticated, SimulationPermission]
     lookup_value_regex = r"[0-9]+"
+
+    def get_serializer_class(self):
+        return SimulationCreateSerializer if self.action == "create" else SimulationSerializer
+
+    @extend_schema(responses={201: SimulationSerializer})
+    def create(self, request, *args, **kwargs):
+        return super().create(request, *args, **kwargs)
 
     def perform_create(self, serializer):
         data = {k: v for k, v in serializer.validated_data.items() if k != "status"}
@@ -193,6 +201,7 @@ class BudgetViewSet(viewsets.GenericViewSet):
     serializer_class = BudgetUsageSerializer
     queryset = Simulation.objects.none()
     pagination_class = None
+    filter_backends = []  # its lists take no query parameters (the schema offered ?ordering)
 
     @extend_schema(
         responses=BudgetUsageSerializer(many=True),
