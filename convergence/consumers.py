@@ -3,13 +3,14 @@ import logging
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
 
 from convergence import selectors, services
 from convergence.curves import LossCurve
 from simsched.broadcast import simulation_group
 from simsched.exceptions import ConflictError, ForbiddenError, NotFoundError
-from simsched.groups import local_groups
+from simsched.groups import local_groups, recent_memberships
 from simsched.socket_auth import (
     CLOSE_CONFLICT,
     CLOSE_FORBIDDEN,
@@ -32,6 +33,7 @@ class ConvergenceConsumer(AsyncJsonWebsocketConsumer):
         self.simulation_id = int(self.scope["url_route"]["kwargs"]["simulation_id"])
         self.group = simulation_group(self.simulation_id)
         self.joined = False
+        self.sent_live = None  # while catching up: the (metric, step) sent live since joining
         await self.accept()
         if not can_read_simulation(scope_user(self.scope)):
             return await self.close(code=CLOSE_UNAUTHENTICATED)
@@ -40,18 +42,49 @@ class ConvergenceConsumer(AsyncJsonWebsocketConsumer):
         if not await local_groups().add(self.group, self):
             return
         self.joined = True
+        catch_up = recent_memberships.enabled(get_channel_layer())
+        if catch_up:
+            self.sent_live = set()
+        positions = await database_sync_to_async(selectors.series_positions)(
+            simulation_id=self.simulation_id
+        )
         snapshot = await database_sync_to_async(selectors.convergence_snapshot)(
             simulation_id=self.simulation_id
         )
         if snapshot is None:
             return await self.close(code=CLOSE_NOT_FOUND)
         await self.send_json(snapshot)
+        if catch_up:
+            self.catching_up = asyncio.create_task(self._catch_up(positions))
+
+    async def _catch_up(self, positions: dict[int, int]) -> None:
+        """Writers may skip a point's broadcast for a moment after this socket joined (their
+        "nobody watches" answer is up to SIMSCHED_MEMBERSHIP_CACHE_SECONDS old): once those
+        answers have expired, send what was stored since the snapshot and not sent live."""
+        await asyncio.sleep(recent_memberships.catch_up_after())
+        try:
+            stored = await database_sync_to_async(selectors.points_from)(
+                simulation_id=self.simulation_id, positions=positions
+            )
+        except Exception:
+            logger.exception("catching up simulation %s failed", self.simulation_id)
+            return
+        finally:
+            sent, self.sent_live = self.sent_live, None
+        points = [p for p in stored if (p.get("metric"), p["step"]) not in sent]
+        if points:
+            await self.convergence_points({"simulation_id": self.simulation_id, "points": points})
 
     async def disconnect(self, code):
+        task = getattr(self, "catching_up", None)
+        if task is not None:
+            task.cancel()
         if getattr(self, "joined", False):
             await local_groups().discard(self.group, self)
 
     async def convergence_points(self, event):
+        if self.sent_live is not None:
+            self.sent_live.update((p.get("metric"), p["step"]) for p in event["points"])
         await self.send_json(
             {"type": "points", "simulation_id": event["simulation_id"], "points": event["points"]}
         )

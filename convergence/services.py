@@ -83,6 +83,7 @@ def _after_store(simulation_id: int, points: list[Point]) -> None:
             "simulation_id": simulation_id,
             "points": [_socket_point(p) for p in ordered],
         },
+        recent_members=True,  # sockets catch up on what a stale answer skips (consumers.py)
     )
 
 

@@ -20,7 +20,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
-from simsched.groups import group_has_members
+from simsched.groups import group_has_members, recent_memberships
 from simsched.observability.metrics import BROADCAST_FAILURES, BROADCASTS_DROPPED
 
 logger = logging.getLogger(__name__)
@@ -36,31 +36,41 @@ def simulation_group(simulation_id: int) -> str:
     return f"simulation.{simulation_id}"
 
 
-def broadcast(group: str, message: dict) -> None:
-    """Send `message` to `group` once the current transaction (if any) has committed."""
+def broadcast(group: str, message: dict, *, recent_members: bool = False) -> None:
+    """Send `message` to `group` once the current transaction (if any) has committed.
+
+    `recent_members`: whether the group has members may be known from an answer up to
+    SIMSCHED_MEMBERSHIP_CACHE_SECONDS old (`simsched.groups.RecentMemberships`), for messages
+    whose receivers catch up on what that skips (points)."""
     message = {**message, "group": group}  # simsched.groups delivers by it
-    transaction.on_commit(lambda: send_now(group, message))
+    transaction.on_commit(lambda: send_now(group, message, recent_members=recent_members))
 
 
-def send_now(group: str, message: dict) -> None:
+def send_now(group: str, message: dict, *, recent_members: bool = False) -> None:
+    if recent_members and recent_memberships.known(group) is False:
+        return  # nobody watched a moment ago: not even a wake-up of the event loop
     sender = _loop_sender.get()
-    if sender is not None and sender.submit(group, message):
+    if sender is not None and sender.submit(group, message, recent_members):
         return
-    async_to_sync(_send_logged)(group, message)
+    async_to_sync(_send_logged)(group, message, recent_members)
 
 
-async def _send_logged(group: str, message: dict) -> None:
+async def _send_logged(group: str, message: dict, recent_members: bool = False) -> None:
     try:
-        await _group_send(group, message)
+        await _group_send(group, message, recent_members)
     except Exception as exc:  # noqa: BLE001 - any layer failure must not fail the write
         BROADCAST_FAILURES.inc()
         logger.warning("broadcast to %s failed: %r", group, exc)
 
 
-async def _group_send(group: str, message: dict) -> None:
+async def _group_send(group: str, message: dict, recent_members: bool) -> None:
     layer = get_channel_layer()
     async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
-        if await group_has_members(layer, group):
+        if recent_members and recent_memberships.enabled(layer):
+            watched = await recent_memberships.has_members(layer, group)
+        else:
+            watched = await group_has_members(layer, group)
+        if watched:
             await layer.group_send(group, message)
 
 
@@ -74,17 +84,19 @@ class LoopSender:
         self.task: asyncio.Task | None = None
         self.context = Context()  # not the request's: the sends outlive it
 
-    def submit(self, group: str, message: dict) -> bool:
+    def submit(self, group: str, message: dict, recent_members: bool = False) -> bool:
         """Queue a broadcast; False if the loop has closed (the caller sends it itself)."""
         try:
-            self.loop.call_soon_threadsafe(self._enqueue, group, message, context=self.context)
+            self.loop.call_soon_threadsafe(
+                self._enqueue, group, message, recent_members, context=self.context
+            )
         except RuntimeError:
             return False
         return True
 
-    def _enqueue(self, group: str, message: dict) -> None:
+    def _enqueue(self, group: str, message: dict, recent_members: bool) -> None:
         try:
-            self.queue.put_nowait((group, message))
+            self.queue.put_nowait((group, message, recent_members))
         except asyncio.QueueFull:
             if self.dropped == 0:
                 logger.warning("channel layer backlog full, dropping broadcasts")

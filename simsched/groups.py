@@ -14,11 +14,13 @@ what it missed from the stream endpoint.
 
 import asyncio
 import logging
+import time
 import weakref
 
 from channels.consumer import get_handler_name
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels_redis.core import RedisChannelLayer
+from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +135,48 @@ async def group_has_members(layer, group: str) -> bool:
     if isinstance(layer, InMemoryChannelLayer):
         return bool(layer.groups.get(group))
     return True
+
+
+class RecentMemberships:
+    """Per process: whether a group has members anywhere, as the channel layer said at most
+    `seconds` ago. For the point broadcasts only, which are most of a server's Redis round trips
+    (one per point written): a socket that joins a group may miss the points of writers still
+    holding an older "nobody" answer, so `ConvergenceConsumer` catches up on them from the
+    database once that answer has expired (`catch_up_after`). Only the Redis layer is asked
+    through it: the in-memory layer's answer is exact and costs nothing."""
+
+    MAX_GROUPS = 10_000
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.answers: dict[str, tuple[bool, float]] = {}
+
+    def enabled(self, layer) -> bool:
+        return self.seconds > 0 and isinstance(layer, RedisChannelLayer)
+
+    def known(self, group: str) -> bool | None:
+        """The remembered answer, None if there is none still valid (any thread may ask)."""
+        answer = self.answers.get(group)
+        if answer is None or answer[1] <= time.monotonic():
+            return None
+        return answer[0]
+
+    async def has_members(self, layer, group: str) -> bool:
+        answer = self.known(group)
+        if answer is None:
+            answer = await group_has_members(layer, group)
+            if len(self.answers) >= self.MAX_GROUPS:
+                self.answers.clear()
+            self.answers[group] = (answer, time.monotonic() + self.seconds)
+        return answer
+
+    def catch_up_after(self) -> float:
+        """How long after joining a socket reads what the stale answers skipped."""
+        return self.seconds + CATCH_UP_MARGIN_SECONDS
+
+
+CATCH_UP_MARGIN_SECONDS = 0.5
+recent_memberships = RecentMemberships(settings.SIMSCHED_MEMBERSHIP_CACHE_SECONDS)
 
 
 _by_loop: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LocalGroups]" = (

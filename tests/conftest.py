@@ -16,6 +16,7 @@ from channels.layers import channel_layers
 from django.conf import settings
 from django.db import connection
 
+from simsched.groups import recent_memberships
 from tests.factories import make_user, token_client
 
 REQUIRED = {s.strip() for s in os.environ.get("SIMSCHED_REQUIRE_SERVICES", "").split(",") if s}
@@ -48,9 +49,11 @@ def _channel_layer_per_test():
     """Each test gets a channel layer of its own. A layer keeps asyncio state of the event loop
     that used it (channels_redis: its receive locks and buffers), and every async test runs on
     a loop of its own: a layer carried over from a test whose loop closed mid-receive fails the
-    next test's receive ("Lock ... is bound to a different event loop", seen once in CI)."""
+    next test's receive ("Lock ... is bound to a different event loop", seen once in CI).
+    The process's remembered group memberships go with it."""
     yield
     channel_layers.backends.clear()
+    recent_memberships.answers.clear()
 
 
 def pytest_sessionstart(session):

@@ -151,9 +151,7 @@ async def test_a_socket_cannot_join_while_the_channel_layer_is_down(auth, simula
     assert message["code"] == groups.CLOSE_LAYER_FAILED
 
 
-async def test_a_point_nobody_watches_is_not_sent_to_the_channel_layer(
-    auth, token, simulation, monkeypatch
-):
+def record_group_sends(monkeypatch) -> list[str]:
     layer = get_channel_layer()
     sent_to: list[str] = []
     real_group_send = layer.group_send
@@ -163,6 +161,14 @@ async def test_a_point_nobody_watches_is_not_sent_to_the_channel_layer(
         await real_group_send(group, message)
 
     monkeypatch.setattr(layer, "group_send", recording_group_send)
+    return sent_to
+
+
+async def test_a_point_nobody_watches_is_not_sent_to_the_channel_layer(
+    auth, token, simulation, monkeypatch
+):
+    monkeypatch.setattr(groups.recent_memberships, "seconds", 0)  # ask for every point
+    sent_to = record_group_sends(monkeypatch)
     group = simulation_group(simulation.pk)
 
     status, _ = await http_post(
@@ -211,3 +217,49 @@ async def test_a_body_over_the_limit_is_a_413_through_the_server_path(token, set
     )
     assert status == 413
     assert body["error"]["code"]
+
+
+@pytest.mark.redis
+async def test_a_viewer_gets_the_points_a_stale_nobody_watches_answer_skipped_once(
+    auth, token, simulation, monkeypatch
+):
+    monkeypatch.setattr(groups.recent_memberships, "seconds", 0.5)
+    sent_to = record_group_sends(monkeypatch)
+    group = simulation_group(simulation.pk)
+    for step in (0, 1):  # the first asks Redis, the second goes by its answer
+        point = {"simulation_id": simulation.pk, "step": step, "loss_value": 0.5}
+        assert (await http_post("/convergence/data", point, token))[0] == 201
+    assert group not in sent_to
+
+    viewer, snapshot = await open_viewer(simulation.pk, auth)
+    assert [p["step"] for p in snapshot["points"]] == [0, 1]
+    point = {"simulation_id": simulation.pk, "step": 2, "loss_value": 0.4}
+    assert (await http_post("/convergence/data", point, token))[0] == 201
+    assert group not in sent_to  # skipped on the remembered answer: nobody watched
+
+    message = await viewer.receive_json_from(timeout=TIMEOUT)  # the catch-up
+    assert untimed(message["points"]) == [{"step": 2, "loss": 0.4}]
+
+    point = {"simulation_id": simulation.pk, "step": 3, "loss_value": 0.3}
+    assert (await http_post("/convergence/data", point, token))[0] == 201
+    message = await viewer.receive_json_from(timeout=TIMEOUT)  # live: the answer expired
+    assert untimed(message["points"]) == [{"step": 3, "loss": 0.3}]
+    assert sent_to.count(group) == 1
+    assert await viewer.receive_nothing(timeout=1)  # each point once
+    await viewer.disconnect()
+
+
+@pytest.mark.redis
+async def test_points_sent_live_while_catching_up_are_not_sent_again(
+    auth, token, simulation, monkeypatch
+):
+    monkeypatch.setattr(groups.recent_memberships, "seconds", 0.5)
+    viewer, _ = await open_viewer(simulation.pk, auth)
+    point = {"simulation_id": simulation.pk, "step": 0, "loss_value": 0.5}
+    assert (await http_post("/convergence/data", point, token))[0] == 201
+
+    message = await viewer.receive_json_from(timeout=TIMEOUT)
+    assert untimed(message["points"]) == [{"step": 0, "loss": 0.5}]
+    # The catch-up runs after 1 s and finds only step 0, already sent.
+    assert await viewer.receive_nothing(timeout=2)
+    await viewer.disconnect()

@@ -10,7 +10,7 @@ async def test_broadcasts_from_threads_are_sent_in_order_and_the_backlog_is_boun
     sent: list[int] = []
     layer_back = asyncio.Event()
 
-    async def slow_group_send(group, message):
+    async def slow_group_send(group, message, recent_members):
         await layer_back.wait()
         sent.append(message["n"])
 
@@ -35,7 +35,7 @@ async def test_broadcasts_from_threads_are_sent_in_order_and_the_backlog_is_boun
 async def test_a_failed_send_is_logged_and_the_next_one_still_goes(monkeypatch, caplog):
     sent: list[int] = []
 
-    async def flaky_group_send(group, message):
+    async def flaky_group_send(group, message, recent_members):
         if message["n"] == 0:
             raise ConnectionError("redis down")
         sent.append(message["n"])

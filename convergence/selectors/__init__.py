@@ -14,7 +14,13 @@ from convergence.selectors.charts import (
     convergence_snapshot,
 )
 from convergence.selectors.export import points_csv, require_raw_points
-from convergence.selectors.series import points_since, simulation_metrics, simulation_point_stats
+from convergence.selectors.series import (
+    points_from,
+    points_since,
+    series_positions,
+    simulation_metrics,
+    simulation_point_stats,
+)
 
 __all__ = [
     "GRAPH_DEFAULT_POINTS",
@@ -25,7 +31,9 @@ __all__ = [
     "convergence_graph",
     "convergence_snapshot",
     "points_csv",
+    "points_from",
     "points_since",
+    "series_positions",
     "require_raw_points",
     "simulation_metrics",
     "simulation_point_stats",

@@ -95,3 +95,37 @@ def simulation_point_stats(simulation_ids) -> dict[int, dict]:
         entry["best_loss"] = min(entry["best_loss"], row.min_loss)
         entry["last_step"], entry["latest_loss"] = row.last_step, row.last_loss
     return stats
+
+
+def series_positions(*, simulation_id: int) -> dict[int, int]:
+    """Each series' next step (series id -> step): where a socket that joined now catches up
+    from (`points_from`)."""
+    return dict(
+        ConvergenceSeries.objects.filter(simulation_id=simulation_id).values_list("id", "next_step")
+    )
+
+
+def points_from(
+    *, simulation_id: int, positions: dict[int, int], limit: int = STREAM_MAX_POINTS
+) -> list[dict]:
+    """Points stored at or past `positions` (series id -> step; a series not in it from its
+    start), as the socket sends them: the latest `limit`, in step order."""
+    rows = []
+    for series_id, metric in ConvergenceSeries.objects.filter(
+        simulation_id=simulation_id
+    ).values_list("id", "metric"):
+        rows += [
+            (step, metric, value, stamp)
+            for step, value, stamp in ConvergencePoint.objects.filter(
+                simulation_id=simulation_id, series_id=series_id,
+                step__gte=positions.get(series_id, 0),
+            )
+            .order_by("-step")
+            .values_list("step", "loss_value", "timestamp")[:limit]
+        ]  # fmt: skip
+    rows.sort(key=lambda row: (row[0], row[1]))
+    return [
+        {"step": step, "loss": value, "timestamp": stamp.isoformat()}
+        | ({} if metric == DEFAULT_METRIC else {"metric": metric})
+        for step, metric, value, stamp in rows[-limit:]
+    ]
