@@ -121,7 +121,7 @@ def metric_summaries(points: list[Point]) -> list[tuple]:
 
 
 def _guards_on_points(simulation_id: int, points: list[Point]) -> None:
-    """GUARDS HOOK (the one call site): the plateau/divergence guards see a summary per metric
+    """The plateau/divergence guards see a summary per metric
     of what the write stored; no query, nor summary, for a simulation without them."""
     if guards.watches_points(simulation_id):
         summaries = [guards.MetricSummary(*s) for s in metric_summaries(points)]

@@ -26,7 +26,6 @@ from convergence.serializers import (
     DataQuerySerializer,
     GraphQuerySerializer,
     GraphSerializer,
-    InvalidPoint,
     MetricsSerializer,
     PointInputSerializer,
     PointPageSerializer,
@@ -123,21 +122,6 @@ class ConvergenceViewSet(viewsets.ViewSet):
     def _simulation_for_write(self, simulation_id) -> None:
         services.require_report_access(self.request.user, simulation_id)
 
-    def _parse_checked(self, parse, data, simulation_id):
-        """Parse a write; a refused non-finite value is first shown to the nan guard."""
-        try:
-            return parse(data)
-        except InvalidPoint as exc:
-            if exc.nonfinite is not None and simulation_id is not None:
-                self._nonfinite(exc, simulation_id)
-            raise
-
-    def _nonfinite(self, exc: InvalidPoint, simulation_id) -> None:
-        """GUARDS HOOK (the one call site): once `simulations/guards.py` lands, call
-        `guards_on_nonfinite(simulation_id, metric, step, user)` for a simulation the caller
-        may write, and say in the 400 when it stopped the run."""
-        return None
-
     @extend_schema(
         request=PointInputSerializer,
         responses={
@@ -150,10 +134,7 @@ class ConvergenceViewSet(viewsets.ViewSet):
     )
     @action(detail=False, methods=["post"], url_path="data")
     def add_point(self, request):
-        simulation_id = (
-            request.data.get("simulation_id") if isinstance(request.data, dict) else None
-        )
-        data = self._parse_checked(parse_point, request.data, simulation_id)
+        data = parse_point(request.data)
         point, created = services.point_add(**data, reporter=request.user)
         return Response(
             point_representation(point),
@@ -171,9 +152,7 @@ class ConvergenceViewSet(viewsets.ViewSet):
     )
     @action(detail=True, methods=["post"], url_path="add-bare-sql")
     def add_bare_sql(self, request, simulation_id=None):
-        data = self._parse_checked(
-            lambda body: parse_point(body, with_simulation=False), request.data, simulation_id
-        )
+        data = parse_point(request.data, with_simulation=False)
         self._simulation_for_write(simulation_id)
         point, created = services.point_add_bare_sql(simulation_id=int(simulation_id), **data)
         return Response(
@@ -193,7 +172,7 @@ class ConvergenceViewSet(viewsets.ViewSet):
     )
     @action(detail=True, methods=["post"], url_path="points")
     def add_points(self, request, simulation_id=None):
-        points = self._parse_checked(parse_point_batch, request.data, simulation_id)
+        points = parse_point_batch(request.data)
         self._simulation_for_write(simulation_id)
         result = services.points_ingest(simulation_id=int(simulation_id), points=points)
         return Response({"stored": result.stored, "duplicates": result.duplicates})
