@@ -100,10 +100,15 @@ class EncoderProcess:
         self.close()
 
     def close(self) -> None:
-        """End the child: its input closes, and it exits."""
+        """End the child: an empty batch says so (its input may stay open in processes forked
+        from this one, such as data loader workers), then its input closes."""
         process, self.process = self.process, None
         if process is None:
             return
+        try:
+            _write(process.stdin.fileno(), _HEADER.pack(0), time.monotonic() + 1)
+        except Exception:  # noqa: BLE001 - gone already, or stuck: killed below
+            pass
         for pipe in (process.stdin, process.stdout):
             try:
                 pipe.close()
@@ -159,7 +164,7 @@ def _wait(fd: int, deadline: float, *, write: bool) -> None:
 
 
 def main() -> None:
-    """The child: batches in on stdin, bodies out on stdout, until stdin closes."""
+    """The child: batches in on stdin, bodies out on stdout, until an empty one or the end."""
     # The training process decides when this ends (at the end of its input): a SIGTERM or
     # Ctrl-C sent to the process group must not take the encoder away while the run flushes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -171,6 +176,8 @@ def main() -> None:
         if len(header) < _HEADER.size:
             return
         (size,) = _HEADER.unpack(header)
+        if not size:
+            return
         answer = marshal.dumps(encode(marshal.loads(source.read(size)), stamps))
         sink.write(_HEADER.pack(len(answer)) + answer)
         sink.flush()
