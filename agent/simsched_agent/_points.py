@@ -6,6 +6,7 @@ one bad value never costs the others."""
 
 import json
 from datetime import UTC, datetime
+from itertools import chain
 from math import isfinite
 
 from simsched_agent._http import Api, Unreachable, retryable
@@ -60,9 +61,34 @@ def _as_float(value) -> float | None:
         return None
 
 
+_INT, _DICT, _FLOAT, _STR = {int}, {dict}, {float}, {str}
+
+
+def _all_plain(items: list) -> bool:
+    """Every step a non-negative int, every point a non-empty dict of str names to floats, every
+    stamp a float: what log() almost always gets. Checked in bulk by C loops (set, map, min),
+    without a line of Python per value."""
+    steps, values, stamps = zip(*items, strict=True)
+    return (
+        set(map(type, steps)) == _INT
+        and min(steps) >= 0
+        and set(map(type, values)) == _DICT
+        and min(map(len, values)) > 0
+        and set(map(type, chain.from_iterable(map(dict.values, values)))) == _FLOAT
+        and set(map(type, set(chain.from_iterable(values)))) == _STR
+        and set(map(type, stamps)) == _FLOAT
+    )
+
+
 def plain(items: list) -> tuple[list, int]:
-    """`items` as JSON can write them (the spool): int steps, str names, float values; and how
-    many values could not be (counted as rejected, as the server would refuse them)."""
+    """`items` as JSON can write them (the spool and the wire): int steps, str names, float
+    values; and how many values could not be (counted as rejected, as the server would refuse
+    them). Items that are plain already are returned as they are."""
+    try:
+        if not items or _all_plain(items):
+            return items, 0
+    except (TypeError, ValueError):  # something that is no (step, values, stamp): look closer
+        pass
     kept, rejected = [], 0
     for step, values, stamp in items:
         step = step if type(step) is int else _as_step(step)
@@ -105,12 +131,70 @@ def _fragment(step: int, pairs: list[str], timestamp: str) -> str:
     return f'{{"step":{step},"values":{{{",".join(pairs)}}},"timestamp":"{timestamp}"}}'
 
 
+def encode(items: list, stamps: _Stamps) -> tuple[list[bytes], list[bytes], int]:
+    """Request bodies for `items`: the finite values in bodies of at most
+    MAX_VALUES_PER_REQUEST values; each non-finite value alone in a body of its own (so that
+    its refusal, or the nan guard stopping the run, costs nothing else; JSON has no NaN or
+    Infinity, Python's tokens are what the server understands); and how many values could
+    not be sent at all. A pure function: the encoder process runs it too (`_encoder.py`)."""
+    chunks, chunk, size, singles, rejected = [], [], 0, [], 0
+    names = _names
+    last_ms, timestamp = -1, ""
+    for step, values, stamp in items:  # the hot loop: kept flat on purpose
+        if type(step) is not int:
+            step = _as_step(step)
+        if step < 0 or type(values) is not dict:
+            rejected += len(values) if type(values) is dict else 1
+            continue
+        ms = int(stamp * 1000)
+        if ms != last_ms:
+            last_ms, timestamp = ms, stamps(stamp)
+        pairs = []
+        for name, value in values.items():
+            if type(value) is not float:
+                value = _as_float(value)
+                if value is None:
+                    rejected += 1
+                    continue
+            key = names.get(name) or _name(name)
+            if isfinite(value):
+                pairs.append(f"{key}:{value!r}")
+            else:
+                single = _fragment(step, [f"{key}:{_NONFINITE[repr(value)]}"], timestamp)
+                singles.append(_body([single]))
+        if not pairs:
+            continue
+        chunk.append(_fragment(step, pairs, timestamp))
+        size += len(pairs)
+        if size >= MAX_VALUES_PER_REQUEST:
+            chunks.append(_body(chunk))
+            chunk, size = [], 0
+    if chunk:
+        chunks.append(_body(chunk))
+    return chunks, singles, rejected
+
+
+def _body(points: list[str]) -> bytes:
+    return ('{"points":[' + ",".join(points) + "]}").encode()
+
+
 class Sender:
     """Posts items for one simulation. `send` returns False when the server should be tried
     again later (unreachable, overloaded, or not accepting this token right now): the caller
-    keeps every item of that call (resending the delivered ones is harmless)."""
+    keeps every item of that call (resending the delivered ones is harmless).
 
-    def __init__(self, api: Api, simulation_id: int, counters: Counters, *, timeout: float = 10):
+    `encoder(items)` returns what `encode` does; by default `encode` runs in this thread, a
+    Run passes its encoder process's (see `_encoder.py`)."""
+
+    def __init__(
+        self,
+        api: Api,
+        simulation_id: int,
+        counters: Counters,
+        *,
+        timeout: float = 10,
+        encoder=None,
+    ):
         self.api, self.simulation_id, self.counters, self.timeout = (
             api,
             simulation_id,
@@ -118,62 +202,17 @@ class Sender:
             timeout,
         )
         self.path = f"/convergence/{simulation_id}/points"
-        self._stamps = _Stamps()
+        stamps = _Stamps()
+        self.encoder = encoder or (lambda items: encode(items, stamps))
 
     def send(self, items: list) -> bool:
-        chunks, chunk, size, nonfinite, rejected = [], [], 0, [], 0
-        names, stamps = _names, self._stamps
-        last_ms, timestamp = -1, ""
-        for step, values, stamp in items:  # the hot loop: kept flat on purpose
-            if type(step) is not int:
-                step = _as_step(step)
-            if step < 0 or type(values) is not dict:
-                rejected += len(values) if type(values) is dict else 1
-                continue
-            ms = int(stamp * 1000)
-            if ms != last_ms:
-                last_ms, timestamp = ms, stamps(stamp)
-            pairs = []
-            for name, value in values.items():
-                if type(value) is not float:
-                    value = _as_float(value)
-                    if value is None:
-                        rejected += 1
-                        continue
-                key = names.get(name) or _name(name)
-                if isfinite(value):
-                    pairs.append(f"{key}:{value!r}")
-                else:
-                    nonfinite.append((step, key, value, timestamp))
-            if not pairs:
-                continue
-            # The original single-series shape. Test the pair, not the last name seen: that
-            # name may be a non-finite or invalid value, not the one pair left in `pairs`.
-            if len(pairs) == 1 and pairs[0].startswith(_LOSS_PAIR):
-                value = pairs[0][_LOSS_VALUE_AT:]
-                chunk.append(f'{{"step":{step},"loss_value":{value},"timestamp":"{timestamp}"}}')
-            else:
-                chunk.append(
-                    f'{{"step":{step},"values":{{{",".join(pairs)}}},"timestamp":"{timestamp}"}}'
-                )
-            size += len(pairs)
-            if size >= MAX_VALUES_PER_REQUEST:
-                chunks.append(chunk)
-                chunk, size = [], 0
+        bodies, singles, rejected = self.encoder(items)
         self.counters.rejected += rejected
-        if chunk:
-            chunks.append(chunk)
-        if not all(self._post(chunk) for chunk in chunks):
-            return False
-        # Alone, so that the refusal (or the nan guard stopping the run) costs nothing else.
-        # JSON has no NaN or Infinity; Python's tokens are what the server understands.
-        return all(
-            self._post([_fragment(step, [f"{key}:{_NONFINITE[repr(value)]}"], timestamp)])
-            for step, key, value, timestamp in nonfinite
+        return all(self._post(body) for body in bodies) and all(
+            self._post(body) for body in singles
         )
 
-    def _post(self, points: list[str]) -> bool:
-        body = ('{"points":[' + ",".join(points) + "]}").encode()
+    def _post(self, body: bytes) -> bool:
         try:
             status, answer = self.api.request("POST", self.path, raw=body, timeout=self.timeout)
         except Unreachable:
@@ -184,20 +223,27 @@ class Sender:
             return True
         if retryable(status) or status in KEEP_FOR_LATER:
             return False
-        return self._refused(points)
+        return self._refused(body)
 
-    def _refused(self, points: list[str]) -> bool:
+    def _refused(self, body: bytes) -> bool:
         """400/409/413: find the refused values by halving; count them, send the rest."""
+        points = json.loads(body)["points"]
         if len(points) > 1:
             half = len(points) // 2
-            return self._post(points[:half]) and self._post(points[half:])
-        point = json.loads(points[0])
+            return self._post(_points_body(points[:half])) and self._post(
+                _points_body(points[half:])
+            )
+        point = points[0]
         values = point.get("values")
         if values and len(values) > 1:
-            singles = [
-                _fragment(point["step"], [f"{_name(k)}:{v!r}"], point["timestamp"])
-                for k, v in values.items()
-            ]
-            return all(self._post([single]) for single in singles)
+            return all(
+                self._post(_points_body([{**point, "values": {name: value}}]))
+                for name, value in values.items()
+            )
         self.counters.rejected += 1
         return True
+
+
+def _points_body(points: list[dict]) -> bytes:
+    """Parsed points written again (the refusal path: rare, so json.dumps will do)."""
+    return json.dumps({"points": points}, separators=(",", ":")).encode()

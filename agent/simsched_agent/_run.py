@@ -11,16 +11,19 @@ import signal
 import threading
 import time
 import weakref
+from itertools import repeat, starmap
 from pathlib import Path
 
+from simsched_agent._encoder import EncoderProcess
 from simsched_agent._http import Api
 from simsched_agent._points import Counters, Sender, plain
 from simsched_agent._spool import Spool, claim_orphans, replay_file
 
 logger = logging.getLogger("simsched_agent")
+_now = time.time
 
 SEND_EVERY_SECONDS = 0.5
-BATCH_STEPS = 2000  # a batch leaves early once this many steps are queued
+BATCH_STEPS = 20_000  # a batch leaves early once this many steps are queued
 MAX_QUEUED_STEPS = 200_000
 MAX_BACKOFF_SECONDS = 30.0
 REQUEST_TIMEOUT_SECONDS = 10.0
@@ -60,10 +63,9 @@ class Run:
         self.flush_timeout = flush_timeout
         self._counters = Counters()
         self._queue: collections.deque = collections.deque()
-        self._max_queued = max_queued_steps
+        self._room = max_queued_steps  # 0 once finished
         self._dropped = 0
         self._wake = threading.Event()
-        self._finished = False
         self._worker = _Worker(
             queue=self._queue,
             wake=self._wake,
@@ -77,6 +79,8 @@ class Run:
 
     def log(self, step: int, values=None, /, **metrics) -> None:
         """Queue `metrics` (and/or the `values` mapping) at `step`; returns at once."""
+        # Every line here is paid at every step of the training loop: one tuple on a deque
+        # (which needs no lock of ours), nothing per value; the sender checks and converts.
         if values is not None:
             try:
                 metrics = {**values, **metrics} if metrics else dict(values)
@@ -84,17 +88,18 @@ class Run:
                 self._dropped += 1
                 return
         queue = self._queue
-        if len(queue) >= self._max_queued or self._finished:
+        queued = len(queue)
+        if queued >= self._room:
             self._dropped += 1
             return
-        queue.append((step, metrics, time.time()))
-        if len(queue) >= BATCH_STEPS and not self._wake.is_set():
+        queue.append((step, metrics, _now()))
+        if queued == BATCH_STEPS:
             self._wake.set()
 
     def finish(self, timeout: float | None = None) -> bool:
         """Send what is queued or spooled for at most `timeout` seconds (default: the run's
         `flush_timeout`); True when the server has everything. Safe to call more than once."""
-        self._finished = True
+        self._room = 0
         timeout = self.flush_timeout if timeout is None else timeout
         self._worker.stop(deadline=time.monotonic() + max(timeout, 0.0))
         self._wake.set()
@@ -128,7 +133,10 @@ class _Worker(threading.Thread):
             spool,
         )
         self.simulation_id = simulation_id
-        self.sender = Sender(api, simulation_id, counters, timeout=REQUEST_TIMEOUT_SECONDS)
+        self.encoder = EncoderProcess(timeout=REQUEST_TIMEOUT_SECONDS)
+        self.sender = Sender(
+            api, simulation_id, counters, timeout=REQUEST_TIMEOUT_SECONDS, encoder=self.encoder
+        )
         self.orphans = claim_orphans(spool.directory, simulation_id)
         self.deadline: float | None = None
         self.failures = 0
@@ -156,6 +164,7 @@ class _Worker(threading.Thread):
         self.all_delivered = self._done()
         self.spool.close()
         self.api.close()
+        self.encoder.close()
 
     def _failed_cycle(self, items: list) -> None:
         """A bug of ours, not a server problem: keep the cycle's values (spooled, sent again
@@ -206,10 +215,8 @@ class _Worker(threading.Thread):
         return False
 
     def _drain(self) -> list:
-        items, queue = [], self.queue
-        for _ in range(len(queue)):
-            items.append(queue.popleft())
-        return items
+        """What is queued now, oldest first, popped by a C loop (log() may append meanwhile)."""
+        return list(starmap(self.queue.popleft, repeat((), len(self.queue))))
 
     def _spill(self, items: list, *, counted: bool = False) -> None:
         """Append `items` to the spool; `counted`: the sender already counted its invalid

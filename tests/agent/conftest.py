@@ -20,6 +20,12 @@ from tests.servers import BIN, REPO, database_url, start_daphne
 HEARTBEAT = 0.5
 WAIT_SECONDS = 60
 
+# This checkout's library, here and in every process the tests start, whatever the shared
+# virtualenv has installed (an editable install points at one checkout, maybe not this one).
+AGENT = str(REPO / "agent")
+sys.path.insert(0, AGENT)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [AGENT, os.environ.get("PYTHONPATH")]))
+
 
 @pytest.fixture
 def server(transactional_db):

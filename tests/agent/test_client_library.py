@@ -169,6 +169,44 @@ def test_framework_scalars_logged_while_the_server_is_away_are_spooled_and_synce
     assert sorted(_stored(simulation, "lr")) == list(range(300))
 
 
+def test_an_encoder_process_killed_mid_run_loses_nothing(
+    server, owner, machine, machine_token, tmp_path
+):
+    """The batches are written as JSON by a child process; when it dies, the sender thread
+    writes them itself, and nothing logged before, during or after is lost."""
+    train = script(
+        tmp_path,
+        "train.py",
+        """
+        import json, os, signal, time, simsched_agent
+        run = simsched_agent.init()
+        for step in range(1000):
+            run.log(step, loss=1.0 / (step + 1), lr=0.1)
+        while run.stats["stored"] < 2000:
+            time.sleep(0.05)
+        encoder = run._worker.encoder
+        os.kill(encoder.process.pid, signal.SIGKILL)
+        for step in range(1000, 2000):
+            run.log(step, loss=1.0 / (step + 1), lr=0.1)
+        delivered = run.finish(timeout=30)
+        print(json.dumps({"delivered": delivered, "failed": encoder.failed, **run.stats}))
+        """,
+    )
+    simulation = simulation_running(owner, machine, ["true"])
+    result = subprocess.run(
+        [PYTHON, str(train)],
+        env=_env(server.url, machine_token, simulation, tmp_path / "spool"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    stats = _last_json(result.stdout)
+    assert stats["delivered"] and stats["failed"] and stats["stored"] == 4000
+    assert stats["dropped"] == 0 and stats["rejected"] == 0
+    assert _stored(simulation) == {step: 1.0 / (step + 1) for step in range(2000)}
+
+
 def test_sigterm_flushes_what_was_logged_then_ends_the_process_as_sigterm_does(
     server, owner, machine, machine_token, tmp_path
 ):
