@@ -231,7 +231,6 @@ def test_csv_without_a_metric_is_the_whole_run_in_long_form(api, simulation):
         "!!!",
         "bz0xMDAwMDAwMDA=",
         "eD0x",
-        "",
         "cD0x&r=x",
         "cD3Zog==",
     ],
