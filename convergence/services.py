@@ -5,7 +5,7 @@ it stored, and broadcasts once, after commit, with the points it actually stored
 import math
 from dataclasses import dataclass
 
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from convergence.models import DEFAULT_METRIC, MAX_STEP, ConvergencePoint
@@ -132,7 +132,8 @@ def points_ingest(*, simulation_id: int, points: list[Point]) -> IngestResult:
     """Store a batch idempotently by (metric, step). A value already stored the same counts as
     a duplicate; one stored different rejects the whole batch (409, naming the series),
     storing nothing."""
-    with transaction.atomic():
+
+    def write() -> list[Point]:
         stored = _store(simulation_id, points)
         if len(stored.points) < len(points):
             if not stored.series:
@@ -140,7 +141,30 @@ def points_ingest(*, simulation_id: int, points: list[Point]) -> IngestResult:
             _reject_conflicts(simulation_id, [p for p in points if _key(p) not in stored.points])
         new = [p for p in points if _key(p) in stored.points]
         _after_store(simulation_id, new)
+        return new
+
+    new = _in_transaction(write)
     return IngestResult(stored=len(new), duplicates=len(points) - len(new))
+
+
+def _in_transaction(write):
+    """`write()` in a transaction of its own, run again when PostgreSQL ends it to break a
+    deadlock. Writers lock the series they touch in id order, but a series created inside a
+    write (its first points) is locked out of that order, so two writers that each create a
+    series the other then needs can cross, once per new series; the next try finds it
+    committed. Inside a caller's transaction the error is the caller's."""
+    for attempt in range(DEADLOCK_RETRIES + 1):
+        try:
+            with transaction.atomic():
+                return write()
+        except OperationalError as exc:
+            deadlock = getattr(exc.__cause__, "sqlstate", None) == DEADLOCK_DETECTED
+            if not deadlock or attempt == DEADLOCK_RETRIES or connection.in_atomic_block:
+                raise
+
+
+DEADLOCK_RETRIES = 2
+DEADLOCK_DETECTED = "40P01"  # PostgreSQL's SQLSTATE
 
 
 def _key(point: Point) -> tuple[str, int]:
@@ -250,12 +274,22 @@ def point_add(
                 step = None  # a new series, no step left, or a counter behind a bulk load
     if reporter is not None:  # the one statement stored nothing: say why, or go the long way
         require_report_access(reporter, simulation_id)
-    with transaction.atomic():
-        if step is None:
+    return _point_add_in_transaction(simulation_id, loss_value, step, timestamp, metric)
+
+
+def _point_add_in_transaction(simulation_id: int, loss_value: float, step, timestamp, metric):
+    """The long way of a single point: its step taken (when it has none) under the series'
+    lock, and the series created when it is new, in one transaction."""
+
+    def write():
+        point_step = step
+        if point_step is None:
             with connection.cursor() as cursor:
-                step = _next_step(cursor, simulation_id, metric)
-        point = Point(step, loss_value, timestamp, metric)
+                point_step = _next_step(cursor, simulation_id, metric)
+        point = Point(point_step, loss_value, timestamp, metric)
         return _single_point_result(simulation_id, point, _store(simulation_id, [point]))
+
+    return _in_transaction(write)
 
 
 def _single_point_result(simulation_id: int, point: Point, stored: Stored):
@@ -307,12 +341,9 @@ def point_add_bare_sql(
 ) -> tuple[ConvergencePoint, bool]:
     """Bare SQL by design (the original API's raw insert path): same rules as `point_add`,
     always inside one transaction."""
-    with transaction.atomic():
-        if step is None:
-            with connection.cursor() as cursor:
-                step = _next_step(cursor, simulation_id, metric)
-        point = Point(step, loss_value, timestamp or timezone.now(), metric)
-        return _single_point_result(simulation_id, point, _store(simulation_id, [point]))
+    return _point_add_in_transaction(
+        simulation_id, loss_value, step, timestamp or timezone.now(), metric
+    )
 
 
 def simulated_run_tick(*, simulation_id: int, curve, first_step: int, count: int) -> str:
