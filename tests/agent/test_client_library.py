@@ -38,6 +38,15 @@ def _last_json(output: str) -> dict:
     return json.loads(output.strip().splitlines()[-1])
 
 
+def _train(train, env: dict) -> dict:
+    """Run a training script to its end; the stats it printed last."""
+    result = subprocess.run(
+        [PYTHON, str(train)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return _last_json(result.stdout)
+
+
 def test_non_finite_and_invalid_values_are_counted_and_cost_the_others_nothing(
     server, owner, machine, machine_token, tmp_path
 ):
@@ -57,15 +66,7 @@ def test_non_finite_and_invalid_values_are_counted_and_cost_the_others_nothing(
         """,
     )
     simulation = simulation_running(owner, machine, ["true"])
-    result = subprocess.run(
-        [PYTHON, str(train)],
-        env=_env(server.url, machine_token, simulation, tmp_path / "spool"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    stats = _last_json(result.stdout)
+    stats = _train(train, _env(server.url, machine_token, simulation, tmp_path / "spool"))
     assert stats["delivered"] and stats["stored"] == 98 and stats["rejected"] == 4
     assert stats["dropped"] == 1  # the list, which is no mapping
     assert sorted(_stored(simulation)) == [s for s in range(100) if s not in (50, 60)]
@@ -88,15 +89,7 @@ def test_finish_with_the_server_away_leaves_the_spool_and_sync_uploads_it(
     simulation = simulation_running(owner, machine, ["true"])
     nobody = f"http://127.0.0.1:{free_port()}"
     spool = tmp_path / "spool"
-    result = subprocess.run(
-        [PYTHON, str(train)],
-        env=_env(nobody, machine_token, simulation, spool),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    stats = _last_json(result.stdout)
+    stats = _train(train, _env(nobody, machine_token, simulation, spool))
     assert not stats["delivered"] and stats["spooled_steps"] == 1000 and stats["dropped"] == 0
     assert list(spool.glob("simsched-*.jsonl"))
     sync = subprocess.run(
@@ -146,15 +139,7 @@ def test_framework_scalars_logged_while_the_server_is_away_are_spooled_and_synce
     )
     simulation = simulation_running(owner, machine, ["true"])
     spool = tmp_path / "spool"
-    result = subprocess.run(
-        [PYTHON, str(train)],
-        env=_env(f"http://127.0.0.1:{free_port()}", machine_token, simulation, spool),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    stats = _last_json(result.stdout)
+    stats = _train(train, _env(f"http://127.0.0.1:{free_port()}", machine_token, simulation, spool))
     assert not stats["delivered"] and stats["dropped"] == 0 and stats["rejected"] == 1
     sync = subprocess.run(
         [str(BIN / "simsched-agent"), "sync", str(spool), "--url", server.url],
@@ -193,15 +178,7 @@ def test_an_encoder_process_killed_mid_run_loses_nothing(
         """,
     )
     simulation = simulation_running(owner, machine, ["true"])
-    result = subprocess.run(
-        [PYTHON, str(train)],
-        env=_env(server.url, machine_token, simulation, tmp_path / "spool"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    stats = _last_json(result.stdout)
+    stats = _train(train, _env(server.url, machine_token, simulation, tmp_path / "spool"))
     assert stats["delivered"] and stats["failed"] and stats["stored"] == 4000
     assert stats["dropped"] == 0 and stats["rejected"] == 0
     assert _stored(simulation) == {step: 1.0 / (step + 1) for step in range(2000)}
