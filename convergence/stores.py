@@ -2,8 +2,10 @@
 
 Every write locks the series it touches (`FOR NO KEY UPDATE` on their rows, in id order) for
 the whole write, so concurrent writers of a series queue instead of deadlocking on point and
-rollup rows locked in different orders. Each store inserts the new points and folds them into
-the rollup in as few statements as the backend allows: one on PostgreSQL.
+rollup rows locked in different orders. A series created inside a write is locked out of that
+order; the services retry the rare write PostgreSQL ends to break such a deadlock. Each store
+inserts the new points and folds them into the rollup in as few statements as the backend
+allows: one on PostgreSQL.
 """
 
 import json
