@@ -55,6 +55,13 @@ def targets(names: list[str]) -> dict[str, tuple[list[str], dict, list[str], boo
         ),
         "uvicorn": (_uvicorn("simsched.asgi:application", 1), {}, simsched_floors, False),
         "uvicorn-2": (_uvicorn("simsched.asgi:application", 2), {}, simsched_floors, False),
+        # The same server with agents' point writes sent through Django too (convergence/asgi.py)
+        "uvicorn-long": (
+            _uvicorn("simsched.asgi:application", 1),
+            {"SIMSCHED_INGEST_SHORTCUT": "0"},
+            simsched_floors,
+            False,
+        ),
         "serve-http": (*_serve_http(1), simsched_floors, False),
         "serve-http-2": (*_serve_http(2), simsched_floors, False),
     }

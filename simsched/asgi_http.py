@@ -22,7 +22,9 @@ process (bench/ingest.py); the last one, on uvicorn, the empty DRF 200 from ~1,1
 requests/s (bench/hot_path.py). WebSocket connections are not touched.
 """
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import django
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
@@ -135,11 +137,17 @@ class ReusedRequestThreads:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        with self.borrowed() as executor:
+            async with ThreadSensitiveContext(executor=executor):
+                await self.app(scope, receive, send)
+
+    @contextmanager
+    def borrowed(self) -> Iterator[ThreadPoolExecutor]:
+        """A request's thread, handed back to the free list when the request is done."""
         executor = self.idle.pop() if self.idle else self._new_executor()
         finished = False
         try:
-            async with ThreadSensitiveContext(executor=executor):
-                await self.app(scope, receive, send)
+            yield executor
             finished = True
         finally:
             # After an error or a cancellation the thread may still be busy with the request:
@@ -157,6 +165,10 @@ class ReusedRequestThreads:
 
 
 def get_http_application():
-    """What `get_asgi_application()` returns, with the two changes above."""
+    """What `get_asgi_application()` returns, with the changes above, and agents' point
+    writes served the short way (`convergence.asgi.PointWriteShortcut`)."""
     django.setup(set_prefix=False)
-    return ReusedRequestThreads(SyncChainASGIHandler())
+    from convergence.asgi import PointWriteShortcut  # needs the apps loaded
+
+    threads = ReusedRequestThreads(SyncChainASGIHandler())
+    return PointWriteShortcut(threads, threads=threads)

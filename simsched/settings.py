@@ -215,6 +215,9 @@ SIMSCHED_SIMULATED_RATE = float(os.environ.get("SIMSCHED_SIMULATED_RATE", 20))
 SIMSCHED_LOG_LINES = int(os.environ.get("SIMSCHED_LOG_LINES", 10_000))
 # How long a server process trusts a token it has checked (0: check every request).
 SIMSCHED_TOKEN_CACHE_SECONDS = float(os.environ.get("SIMSCHED_TOKEN_CACHE_SECONDS", 5))
+# Agents' single-point writes served without Django's request handling around the same
+# service and policy (convergence/asgi.py); 0 sends them the long way too.
+SIMSCHED_INGEST_SHORTCUT = env_bool("SIMSCHED_INGEST_SHORTCUT", True)
 # How long a server process trusts Redis's answer to "does anyone watch this simulation?" before
 # skipping a point's broadcast (0: ask for every point). Sockets catch up on what it skipped.
 SIMSCHED_MEMBERSHIP_CACHE_SECONDS = float(os.environ.get("SIMSCHED_MEMBERSHIP_CACHE_SECONDS", 1))

@@ -30,6 +30,26 @@ def bind_request(request) -> None:
     _request.set(request)
 
 
+class ShortcutRequest:
+    """What the log lines read of a request served without a Django request object
+    (convergence/asgi.py)."""
+
+    method = "POST"
+    resolver_match = None
+
+    def __init__(self, request_id: str, path: str, user, simulation_id: int):
+        self.request_id, self.path, self.user = request_id, path, user
+        self.simulation_id = simulation_id
+
+
+def bind_shortcut(sent: bytes, path: str, user, simulation_id: int) -> str:
+    """`bind_request` for such a request; returns its request id."""
+    sent_id = sent.decode("latin1")
+    request_id = sent_id if _SANE_REQUEST_ID.fullmatch(sent_id) else uuid.uuid4().hex
+    _request.set(ShortcutRequest(request_id, path, user, simulation_id))
+    return request_id
+
+
 @receiver(request_finished, dispatch_uid="simsched-log-request-finished")
 def _unbind_request(**kwargs) -> None:
     _request.set(None)
@@ -46,6 +66,8 @@ def _user(request) -> str | None:
 def _simulation_id(request) -> int | None:
     """From the URL (`/convergence/{simulation_id}/…`, `/simulations/{pk}/…`), or from the
     small JSON body of a single-point write (its bytes are kept by the middleware)."""
+    if isinstance(request, ShortcutRequest):
+        return request.simulation_id
     match = getattr(request, "resolver_match", None)
     if match is None:
         return None
