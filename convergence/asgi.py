@@ -13,16 +13,20 @@ that decide anything, called directly and in the same order as the view calls th
   permission policy inside its statement, as for the view,
 - a refusal by the service through `api_exception_handler`: the one error shape,
 - the answer through DRF's `JSONRenderer` and `point_representation`, with the headers Django's
-  middleware would add (tests/test_asgi_path.py compares the two answers header by header),
+  middleware would add (tests/convergence/test_point_shortcut.py compares both ways' answers),
 - the write's duration and points into the same Prometheus metrics, the request id into the
   response and the log lines.
 
 Everything else goes the long way with the body it has read, unchanged: a request with a query
-string, a cookie-only or browser client (`Origin`, an `Accept` other than JSON), an unknown
-host, a plain-HTTP request where HTTPS is required, and every request whose token or body is
-refused before the write: Django then answers it with all its rules (the 401's header, the nan
-guard's reaction to a non-finite value, the 413). Nothing is written before that decision, so
-answering it twice is never a second write. `SIMSCHED_INGEST_SHORTCUT=0` turns it off.
+string, a cookie-only or browser client (`Origin`, an `Accept` other than JSON), a body whose
+length is not declared as one positive number within the upload limit (DRF reads no body
+without one), an unknown host, a plain-HTTP request where HTTPS is required, and every request
+whose token or body is refused before the write: Django then answers it with all its rules
+(the 401's header, the nan guard's reaction to a non-finite value, the 413). Headers are read
+as Django reads them, a repeated one's values joined by commas. Nothing is written before that
+decision, so answering it twice is never a second write; a refusal or a crash after it is
+answered here, as the view's exception handler or Django's handler500 would answer it.
+`SIMSCHED_INGEST_SHORTCUT=0` turns it off.
 """
 
 import asyncio
@@ -44,13 +48,13 @@ from simsched.authentication import CachedTokenAuthentication
 from simsched.exceptions import api_exception_handler
 from simsched.observability import logs
 from simsched.observability.metrics import POINTS_INGESTED, WRITE_DURATION, record_pool_use
+from simsched.views import server_error
 
 PATHS = frozenset({"/convergence/data", "/convergence/data/"})
 ENDPOINT = "convergence-add-point"  # the route's name, as the metrics label it
 JSON_TYPES = frozenset({b"application/json", b"application/json; charset=utf-8"})
 ACCEPTED = frozenset({None, b"*/*", b"application/json"})
 POOL_SAMPLE_SECONDS = 1.0
-MAX_HOSTS_REMEMBERED = 64
 
 request_logger = logging.getLogger("django.request")  # where Django logs its 4xx and 5xx
 
@@ -66,7 +70,6 @@ class PointWriteShortcut:
         self.threads = threads
         self.authentication = CachedTokenAuthentication()
         self.renderer = JSONRenderer()
-        self.hosts: dict[bytes, bool] = {}
         self.pool_sampled_at = 0.0
 
     async def __call__(self, scope, receive, send):
@@ -78,8 +81,8 @@ class PointWriteShortcut:
         body, complete = await _read_body(receive, limit)
         if body is None:  # the client left
             return None
-        answer = None  # a body over the limit: the long way's 413
-        if complete and (limit is None or len(body) <= limit):
+        answer = None  # a body other than declared, or over the limit: the long way decides
+        if complete and len(body) == _declared_length(headers):
             context = contextvars.copy_context()  # the broadcasts' loop sender, for one
             with self.threads.borrowed() as thread:
                 answer = await asyncio.get_running_loop().run_in_executor(
@@ -102,12 +105,15 @@ class PointWriteShortcut:
             or scope.get("root_path")
         ):
             return None
-        headers = dict(scope["headers"])  # lowercase names (ASGI); a repeated one: the last
+        headers = _headers_of(scope)
         if (
             headers.get(b"content-type") not in JSON_TYPES
+            or b"transfer-encoding" in headers
+            or not _declared_length(headers)
             or headers.get(b"accept") not in ACCEPTED
             or b"origin" in headers
-            or not self._allowed_host(headers.get(b"host", b""))
+            or settings.USE_X_FORWARDED_HOST  # Django's host rules then take more than Host
+            or not _allowed_host(headers.get(b"host", b""))
             or (settings.SECURE_SSL_REDIRECT and not _secure(scope, headers))
         ):
             return None
@@ -119,19 +125,6 @@ class PointWriteShortcut:
         except UnicodeDecodeError:
             return None
 
-    def _allowed_host(self, host: bytes) -> bool:
-        """As `HttpRequest.get_host()` decides (ALLOWED_HOSTS), remembered per host."""
-        allowed = self.hosts.get(host)
-        if allowed is None:
-            try:
-                domain, _port = split_domain_port(host.decode("ascii"))
-            except UnicodeDecodeError:
-                domain = ""
-            allowed = bool(domain) and validate_host(domain, _allowed_hosts())
-            if len(self.hosts) < MAX_HOSTS_REMEMBERED:
-                self.hosts[host] = allowed
-        return allowed
-
     def _write(self, scope, headers: dict, key: str, body: bytes):
         """In the request's thread: (status, headers, body), or None for the long way."""
         started = time.perf_counter()
@@ -140,7 +133,7 @@ class PointWriteShortcut:
             try:
                 user, _token = self.authentication.authenticate_credentials(key)
                 fields = parse_point(json.loads(body.decode("utf-8")))
-            except (APIException, ValueError):
+            except (APIException, ValueError, RecursionError):
                 return None  # refused before any write: Django answers it with all its rules
             request_id = logs.bind_shortcut(
                 headers.get(b"x-request-id", b""), scope["path"], user, fields["simulation_id"]
@@ -148,9 +141,7 @@ class PointWriteShortcut:
             try:
                 point, created = services.point_add(**fields, reporter=user)
             except Exception as exc:  # noqa: BLE001 - answered as the view's handler would
-                status, content, extra = self._error(exc)
-                log = request_logger.error if status >= 500 else request_logger.warning
-                log("%s: %s", HTTPStatus(status).phrase, scope["path"])
+                status, content, extra = self._error(exc, scope["path"])
             else:
                 status = 201 if created else 200
                 content, extra = self.renderer.render(point_representation(point)), []
@@ -158,26 +149,63 @@ class PointWriteShortcut:
             if status == 201:
                 POINTS_INGESTED.labels(ENDPOINT).inc()
             self._sample_pool()
-            return status, _headers(scope, headers, request_id, content, extra), content
+            return status, _headers(scope, headers, request_id, content, extra, status), content
         finally:
             signals.request_finished.send(sender=self.__class__)
 
-    def _error(self, exc: Exception) -> tuple[int, bytes, list]:
+    def _error(self, exc: Exception, path: str) -> tuple[int, bytes, list]:
+        """The view's answer to a refusal (the API's exception handler), or Django's to a crash
+        (handler500, logged with its traceback). Never the long way: the write may be done."""
         response = api_exception_handler(exc, {})
         if response is None:
-            raise exc
+            request_logger.error(
+                "Internal Server Error: %s", path, exc_info=exc, extra={"status_code": 500}
+            )
+            return 500, server_error(None).content, []
+        status = response.status_code
+        log = request_logger.error if status >= 500 else request_logger.warning
+        log("%s: %s", HTTPStatus(status).phrase, path, extra={"status_code": status})
         extra = [  # what the handler set (Retry-After); the content type is ours
             (name.lower().encode(), value.encode())
             for name, value in response.items()
             if name.lower() != "content-type"
         ]
-        return response.status_code, self.renderer.render(response.data), extra
+        return status, self.renderer.render(response.data), extra
 
     def _sample_pool(self) -> None:
         now = time.monotonic()
         if now - self.pool_sampled_at >= POOL_SAMPLE_SECONDS:
             self.pool_sampled_at = now
             record_pool_use()
+
+
+def _headers_of(scope) -> dict[bytes, bytes]:
+    """The request's headers as Django reads them: names lowercase (as ASGI sends them), a
+    repeated header's values joined by commas."""
+    headers: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        headers[name] = headers[name] + b"," + value if name in headers else value
+    return headers
+
+
+def _declared_length(headers: dict) -> int | None:
+    """The body's declared length, when it is one positive number within the upload limit:
+    DRF reads no body without one, and Django refuses a larger one with a 413."""
+    sent = headers.get(b"content-length", b"")
+    if not sent.isdigit():
+        return None
+    length = int(sent)
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return length if 0 < length and (limit is None or length <= limit) else None
+
+
+def _allowed_host(host: bytes) -> bool:
+    """As `HttpRequest.get_host()` decides (ALLOWED_HOSTS)."""
+    try:
+        domain, _port = split_domain_port(host.decode("ascii"))
+    except UnicodeDecodeError:
+        return False
+    return bool(domain) and validate_host(domain, _allowed_hosts())
 
 
 def _allowed_hosts() -> list[str]:
@@ -198,13 +226,16 @@ def _secure(scope, headers: dict) -> bool:
     return scope.get("scheme") == "https"
 
 
-def _headers(scope, headers: dict, request_id: str, content: bytes, extra: list) -> list:
+def _headers(scope, headers: dict, request_id: str, content: bytes, extra: list, status) -> list:
     """The headers Django's middleware and DRF give this answer (SecurityMiddleware,
-    XFrameOptionsMiddleware, ObservabilityMiddleware, DRF's Vary and Allow)."""
-    answer = [
-        (b"content-type", b"application/json"),
-        (b"vary", b"Accept, origin"),  # DRF's, then django-cors-headers' on every answer
-        (b"allow", b"POST, OPTIONS"),
+    XFrameOptionsMiddleware, ObservabilityMiddleware, django-cors-headers' Vary, DRF's Vary
+    and Allow but on a crash, which Django answers past DRF)."""
+    answer = [(b"content-type", b"application/json")]
+    if status == 500:
+        answer.append((b"vary", b"origin"))
+    else:
+        answer += [(b"vary", b"Accept, origin"), (b"allow", b"POST, OPTIONS")]
+    answer += [
         (b"x-frame-options", settings.X_FRAME_OPTIONS.encode()),
         (b"content-length", str(len(content)).encode()),
         *extra,

@@ -9,7 +9,6 @@ from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.pagination import Cursor, CursorPagination
-from rest_framework.parsers import JSONParser
 from rest_framework.renderers import BaseRenderer
 from rest_framework.response import Response
 
@@ -38,6 +37,7 @@ from convergence.serializers import (
 )
 from convergence.services import MAX_STEP
 from simsched.exceptions import NotFoundError
+from simsched.parsers import JSONParser
 from simulations import guards  # guards: a refused non-finite value may stop the run
 from simulations.models import Simulation
 from simulations.permissions import can_read_simulation

@@ -77,7 +77,7 @@ def _simulation_id(request) -> int | None:
     if value is None and getattr(request, "_body", None):
         try:
             value = json.loads(request._body).get("simulation_id")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             return None
     try:
         return int(value) if value is not None else None

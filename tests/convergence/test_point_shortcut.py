@@ -217,3 +217,139 @@ async def test_a_body_split_over_messages_and_over_the_limit_is_a_413(user, toke
     assert response["status"] == 413
     assert json.loads(response["body"])["error"]["code"] == "payload_too_large"
     assert not await db(ConvergencePoint.objects.filter(simulation=simulation).exists)
+
+
+async def post_raw(headers: list, chunks: list[bytes], app=application):
+    """A request exactly as given: these headers, the body in these messages."""
+    communicator = HttpCommunicator(app, "POST", "/convergence/data", headers=headers)
+    for index, chunk in enumerate(chunks):
+        more = index < len(chunks) - 1
+        await communicator.send_input({"type": "http.request", "body": chunk, "more_body": more})
+    response = await communicator.get_response(timeout=TIMEOUT)
+    await communicator.wait(TIMEOUT)
+    headers = {name.decode().lower(): value.decode() for name, value in response["headers"]}
+    return response["status"], headers, response["body"]
+
+
+def _point_body(simulation_id: int) -> bytes:
+    return json.dumps({"simulation_id": simulation_id, "step": 1, "loss_value": 0.5}).encode()
+
+
+def _length(body: bytes) -> tuple[bytes, bytes]:
+    return (b"content-length", str(len(body)).encode())
+
+
+# name -> (headers for (token, body), body for a simulation id, the long way's status)
+ODD_REQUESTS = {
+    "chunked, no length": (
+        lambda token, body: [(b"transfer-encoding", b"chunked")],
+        _point_body,
+        400,
+    ),
+    "a zero length with a body": (
+        lambda token, body: [(b"content-length", b"0")],
+        _point_body,
+        400,
+    ),
+    "a length over the limit, a small body": (
+        lambda token, body: [(b"content-length", b"100000")],
+        _point_body,
+        413,
+    ),
+    "a bad token first, a good one second": (
+        lambda token, body: [_length(body), (b"authorization", b"Token " + b"0" * 40)],
+        _point_body,
+        401,
+    ),
+    "an unknown host first": (
+        lambda token, body: [_length(body), (b"host", b"attacker.example")],
+        _point_body,
+        400,
+    ),
+    "a second content type": (
+        lambda token, body: [_length(body), (b"content-type", b"text/plain")],
+        _point_body,
+        415,
+    ),
+    "nested too deeply for Python's parser": (
+        lambda token, body: [_length(body)],
+        lambda simulation_id: b"[" * 100_000 + b"]" * 100_000,
+        400,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ODD_REQUESTS))
+async def test_odd_requests_are_answered_as_django_answers_them_and_write_nothing(
+    case, user, token, settings
+):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1_000_000
+    extra_headers, make_body, expected = ODD_REQUESTS[case]
+    answers = {}
+    for shortcut in (False, True):
+        settings.SIMSCHED_INGEST_SHORTCUT = shortcut
+        if case.startswith("a length over"):
+            settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 64
+        simulation = await db(make_simulation, name=f"odd-{shortcut}", owner=user)
+        body = make_body(simulation.pk)
+        headers = [
+            (b"host", b"testserver"),
+            (b"content-type", b"application/json"),
+            (b"authorization", f"Token {token}".encode()),
+            *extra_headers(token, body),
+        ]
+        status, answer_headers, content = await post_raw(headers, [body[:10], body[10:]])
+        stored = await db(ConvergencePoint.objects.filter(simulation=simulation).count)
+        answers[shortcut] = (status, *comparable(answer_headers, content), stored)
+    assert answers[False][0] == expected
+    assert answers[False][-1] == 0
+    assert answers[True] == answers[False]
+
+
+async def test_a_forwarded_host_is_judged_by_django_when_it_is_trusted(user, token, settings):
+    settings.USE_X_FORWARDED_HOST = True
+    simulation = await db(make_simulation, name="xfh", owner=user)
+    body = {"simulation_id": simulation.pk, "step": 0, "loss_value": 0.5}
+
+    status, _, _ = await post(body, token, headers=[(b"x-forwarded-host", b"attacker.example")])
+
+    assert status == 400
+    assert not await db(ConvergencePoint.objects.filter(simulation=simulation).exists)
+
+
+async def test_a_repeated_proxy_header_counts_by_its_first_value_as_in_django(
+    user, token, settings
+):
+    settings.SECURE_SSL_REDIRECT = True
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    app = get_http_application()
+    simulation = await db(make_simulation, name="proto", owner=user)
+    forwarded = [(b"x-forwarded-proto", b"http"), (b"x-forwarded-proto", b"https")]
+
+    status, _, _ = await post(
+        {"simulation_id": simulation.pk, "step": 0, "loss_value": 0.5}, token, forwarded, app=app
+    )
+
+    assert status == 301
+    assert not await db(ConvergencePoint.objects.filter(simulation=simulation).exists)
+
+
+async def test_a_crash_inside_the_write_is_django_s_json_500_not_a_dropped_request(
+    user, token, settings, monkeypatch, caplog
+):
+    simulation = await db(make_simulation, name="crash", owner=user)
+    body = {"simulation_id": simulation.pk, "step": 0, "loss_value": 0.5}
+
+    def crash(**kwargs):
+        raise RuntimeError("a bug")
+
+    answers = {}
+    for shortcut in (False, True):
+        settings.SIMSCHED_INGEST_SHORTCUT = shortcut
+        monkeypatch.setattr("convergence.services.point_add", crash)
+        status, headers, content = await post(body, token)
+        answers[shortcut] = (status, *comparable(headers, content))
+    assert answers[False][0] == 500
+    assert answers[True] == answers[False]
+    crashes = [r for r in caplog.records if r.name == "django.request" and r.exc_info]
+    assert len(crashes) == 2  # logged with the traceback, both ways
