@@ -158,9 +158,12 @@ def _in_transaction(write):
             with transaction.atomic():
                 return write()
         except OperationalError as exc:
-            deadlock = getattr(exc.__cause__, "sqlstate", None) == DEADLOCK_DETECTED
-            if not deadlock or attempt == DEADLOCK_RETRIES or connection.in_atomic_block:
+            if not _is_deadlock(exc) or attempt == DEADLOCK_RETRIES or connection.in_atomic_block:
                 raise
+
+
+def _is_deadlock(exc: OperationalError) -> bool:
+    return getattr(exc.__cause__, "sqlstate", None) == DEADLOCK_DETECTED
 
 
 DEADLOCK_RETRIES = 2
@@ -256,22 +259,29 @@ def point_add(
     timestamp = timestamp or timezone.now()
     scope = None if reporter is None else report_scope(reporter)
     if is_postgres(connection) and is_storable_id(simulation_id):
-        with connection.cursor() as cursor:
-            if step is not None:
-                point = Point(step, loss_value, timestamp, metric)
-                stored = store().insert(cursor, simulation_id, [point], scope)
-                if stored.series:  # the series exists: that one statement was the whole write
-                    return _single_point_result(simulation_id, point, stored)
-            else:
-                taken = store().insert_next(
-                    cursor, simulation_id, metric, loss_value, timestamp, scope
-                )
-                if taken is not None and taken[2] is not None:  # stored at the next step
-                    series_id, step, point_id = taken
+        try:
+            with connection.cursor() as cursor:
+                if step is not None:
                     point = Point(step, loss_value, timestamp, metric)
-                    stored = Stored({metric: series_id}, {(metric, step): point_id})
-                    return _single_point_result(simulation_id, point, stored)
-                step = None  # a new series, no step left, or a counter behind a bulk load
+                    stored = store().insert(cursor, simulation_id, [point], scope)
+                    if stored.series:  # the series exists: that one statement was the write
+                        return _single_point_result(simulation_id, point, stored)
+                else:
+                    taken = store().insert_next(
+                        cursor, simulation_id, metric, loss_value, timestamp, scope
+                    )
+                    if taken is not None and taken[2] is not None:  # stored at the next step
+                        series_id, step, point_id = taken
+                        point = Point(step, loss_value, timestamp, metric)
+                        stored = Stored({metric: series_id}, {(metric, step): point_id})
+                        return _single_point_result(simulation_id, point, stored)
+                    step = None  # a new series, no step left, or a counter behind a bulk load
+        except OperationalError as exc:
+            # PostgreSQL ended the statement to break a deadlock: nothing of it was stored, and
+            # the long way below retries it (`_in_transaction`). Inside a caller's
+            # transaction the error is the caller's.
+            if not _is_deadlock(exc) or connection.in_atomic_block:
+                raise
     if reporter is not None:  # the one statement stored nothing: say why, or go the long way
         require_report_access(reporter, simulation_id)
     return _point_add_in_transaction(simulation_id, loss_value, step, timestamp, metric)
