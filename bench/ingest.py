@@ -204,7 +204,7 @@ def load_big(simulation_id: int, total: int, metric: str = "loss") -> float:
             """
             INSERT INTO convergence_data (simulation_id, series_id, step, timestamp, loss_value)
             SELECT %s, %s, g, %s::timestamptz + g * interval '1 millisecond',
-                2.5 * exp(-g / 2500000.0) + 0.05 * sin(g * 0.37) + 0.1
+                2.5 * exp(-g::float8 / 2500000) + 0.05 * sin(g::float8 * 0.37) + 0.1
                     + CASE WHEN g %% 1000003 = 17 THEN 3 ELSE 0 END
             FROM generate_series(0, %s - 1) AS g
             """,
@@ -214,12 +214,13 @@ def load_big(simulation_id: int, total: int, metric: str = "loss") -> float:
             """
             INSERT INTO convergence_rollup (simulation_id, series_id, level, bucket, count,
                 first_step, first_loss, last_step, last_loss, min_step, min_loss, max_step,
-                max_loss)
+                max_loss, first_time, last_time)
             SELECT %s, %s, 1, step / 16, count(*),
                 min(step), (min(ARRAY[step::float8, loss_value]))[2],
                 max(step), (max(ARRAY[step::float8, loss_value]))[2],
                 (min(ARRAY[loss_value, step::float8]))[2]::bigint, min(loss_value),
-                -(max(ARRAY[loss_value, -step::float8]))[2]::bigint, max(loss_value)
+                -(max(ARRAY[loss_value, -step::float8]))[2]::bigint, max(loss_value),
+                min(timestamp), max(timestamp)  -- the times grow with the steps here
             FROM convergence_data WHERE simulation_id = %s AND series_id = %s
             GROUP BY step / 16
             """,
@@ -230,12 +231,13 @@ def load_big(simulation_id: int, total: int, metric: str = "loss") -> float:
                 """
                 INSERT INTO convergence_rollup (simulation_id, series_id, level, bucket, count,
                     first_step, first_loss, last_step, last_loss, min_step, min_loss, max_step,
-                    max_loss)
+                    max_loss, first_time, last_time)
                 SELECT %s, %s, %s, bucket / 16, sum(count),
                     min(first_step), (min(ARRAY[first_step::float8, first_loss]))[2],
                     max(last_step), (max(ARRAY[last_step::float8, last_loss]))[2],
                     (min(ARRAY[min_loss, min_step::float8]))[2]::bigint, min(min_loss),
-                    -(max(ARRAY[max_loss, -max_step::float8]))[2]::bigint, max(max_loss)
+                    -(max(ARRAY[max_loss, -max_step::float8]))[2]::bigint, max(max_loss),
+                    min(first_time), max(last_time)
                 FROM convergence_rollup
                 WHERE simulation_id = %s AND series_id = %s AND level = %s
                 GROUP BY bucket / 16

@@ -2,6 +2,7 @@
 several series of one run, one metric of several runs, and a socket's first snapshot."""
 
 import math
+from datetime import UTC, datetime, timedelta
 
 from django.db import connection
 
@@ -12,7 +13,7 @@ from convergence.selectors._common import (
     TOP_LEVEL,
     simulation_status,
 )
-from simsched.db import as_datetime, dictfetchall, dictfetchone
+from simsched.db import as_datetime, dictfetchall, dictfetchone, is_postgres
 from simsched.exceptions import NotFoundError
 from simulations.models import Simulation
 
@@ -74,6 +75,27 @@ _BUCKETS = """
     FROM ranked WHERE rn = 1 ORDER BY bucket
 """
 
+# PostgreSQL: the same buckets by one GROUP BY, the extremes picked by min/max over [key,
+# value] arrays (as the rollup itself is built, convergence/stores.py; steps are exact as
+# float8), and the times as epoch microseconds: exact, and loaded without a datetime per value.
+_US = "(extract(epoch FROM {0}) * 1000000)::bigint"
+_RAW_PIECE_PG = _RAW_PIECE.replace(
+    "timestamp, timestamp", f"{_US.format('timestamp')}, {_US.format('timestamp')}"
+)
+_ROLLUP_PIECE_PG = _ROLLUP_PIECE.replace(
+    "count, first_time, last_time", f"count, {_US.format('first_time')}, {_US.format('last_time')}"
+)
+_BUCKETS_PG = """
+    WITH pieces(fs, fl, ls, ll, mins, minl, maxs, maxl, n, ft, lt) AS ({pieces})
+    SELECT fs / %s AS bucket, sum(n)::bigint AS n,
+        min(fs) AS first_step, (min(ARRAY[fs::float8, fl]))[2] AS first_loss,
+        max(ls) AS last_step, (max(ARRAY[ls::float8, ll]))[2] AS last_loss,
+        (min(ARRAY[minl, mins::float8]))[2]::bigint AS min_step, min(minl) AS min_loss,
+        -(max(ARRAY[maxl, -maxs::float8]))[2]::bigint AS max_step, max(maxl) AS max_loss,
+        (min(ARRAY[fs, ft]))[2] AS first_time, (max(ARRAY[ls, lt]))[2] AS last_time
+    FROM pieces GROUP BY 1 ORDER BY 1
+"""
+
 
 def _read_level(width: int) -> int:
     """The coarsest rollup level whose buckets tile chart buckets `width` steps wide: the same
@@ -94,18 +116,52 @@ def _bounds(cursor, simulation_id: int, series_id: int) -> tuple[int | None, int
     return row["first"], row["last"]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _all_bounds(cursor, series: list[tuple[int, int]]) -> dict[int, tuple[int, int]]:
+    """`_bounds` of several (simulation, series) at once: series id -> (first, last step)."""
+    if not series:
+        return {}
+    pairs = ", ".join(["(%s, %s)"] * len(series))
+    cursor.execute(
+        f"""
+        SELECT series_id, min(first_step), max(last_step) FROM convergence_rollup
+        WHERE level = %s AND (simulation_id, series_id) IN ({pairs})
+        GROUP BY series_id
+        """,  # noqa: S608 - placeholders only
+        [TOP_LEVEL, *(value for pair in series for value in pair)],
+    )
+    return {series_id: (first, last) for series_id, first, last in cursor.fetchall()}
+
+
 def _bucket_rows(cursor, simulation_id, series_id, first, last, level, width) -> list[dict]:
-    ranges = _decompose(first, last, level)
+    """The chart's buckets; their times are datetimes, or epoch microseconds on PostgreSQL
+    (`_bucket_points` takes either)."""
+    postgres = is_postgres(connection)
+    raw, rollup = (_RAW_PIECE_PG, _ROLLUP_PIECE_PG) if postgres else (_RAW_PIECE, _ROLLUP_PIECE)
     sql, params = [], []
-    for range_level, lo, hi in ranges:
+    for range_level, lo, hi in _decompose(first, last, level):
         if range_level == 0:
-            sql.append(_RAW_PIECE)
+            sql.append(raw)
             params += [simulation_id, series_id, lo, hi]
         else:
-            sql.append(_ROLLUP_PIECE)
+            sql.append(rollup)
             params += [simulation_id, series_id, range_level, lo, hi]
-    cursor.execute(_BUCKETS.format(pieces=" UNION ALL ".join(sql)), [*params, width, width])
+    pieces = " UNION ALL ".join(sql)
+    if postgres:
+        cursor.execute(_BUCKETS_PG.format(pieces=pieces), [*params, width])
+    else:
+        cursor.execute(_BUCKETS.format(pieces=pieces), [*params, width, width])
     return dictfetchall(cursor)
+
+
+def _time(value):
+    """A bucket's time as an aware datetime: from epoch microseconds (PostgreSQL) or as
+    `as_datetime` reads it."""
+    if type(value) is int:
+        return _EPOCH + timedelta(microseconds=value)
+    return as_datetime(value)
 
 
 def _raw_points(cursor, simulation_id: int, series_id: int, first: int, last: int) -> list[dict]:
@@ -130,7 +186,7 @@ def _bucket_points(bucket: dict) -> list[dict]:
         bucket["max_step"]: bucket["max_loss"],
         bucket["last_step"]: bucket["last_loss"],
     }
-    first, last = as_datetime(bucket["first_time"]), as_datetime(bucket["last_time"])
+    first, last = _time(bucket["first_time"]), _time(bucket["last_time"])
     span = bucket["last_step"] - bucket["first_step"]
 
     def time_at(step: int):
@@ -154,10 +210,11 @@ def _series_graph(
     from_step,
     to_step,
     rollups_only: bool = False,
+    bounds: tuple[int | None, int | None] | None = None,
 ) -> dict:
     """One series' chart fields: see `convergence_graph`. A compacted series (`rollups_only`)
     has no raw points left: its window is widened to whole level-1 buckets and always drawn
-    from rollup rows, however small."""
+    from rollup rows, however small. `bounds`: its first and last step, when already read."""
     result = {
         "rollups_only": rollups_only,
         "from_step": from_step,
@@ -170,7 +227,7 @@ def _series_graph(
     }
     if series_id is None:
         return result
-    data_first, data_last = _bounds(cursor, simulation_id, series_id)
+    data_first, data_last = bounds or _bounds(cursor, simulation_id, series_id)
     if data_first is None:
         return result
     first = max(from_step if from_step is not None else data_first, data_first)
@@ -279,11 +336,19 @@ def convergence_compare(
     ids = _series_ids(simulation_ids, [metric])
     runs = []
     with connection.cursor() as cursor:
+        bounds = _all_bounds(cursor, [(sim, pk) for (sim, _), (pk, _) in ids.items()])
         for simulation_id in simulation_ids:
             simulation = simulations[simulation_id]
             series_id, compacted = ids.get((simulation_id, metric), (None, False))
             graph = _series_graph(
-                cursor, simulation_id, series_id, max_points, from_step, to_step, compacted
+                cursor,
+                simulation_id,
+                series_id,
+                max_points,
+                from_step,
+                to_step,
+                compacted,
+                bounds.get(series_id, (None, None)),
             )
             runs.append(
                 {
