@@ -236,7 +236,8 @@ def main() -> int:
         common.write_section(
             "hot_path",
             "Single-point hot path vs the seed's implementation (bench/hot_path.py)",
-            f"cd /work/main && .venv/bin/python bench/hot_path.py --servers {args.servers}",
+            f"cd /work/main && .venv/bin/python bench/hot_path.py --servers {args.servers} "
+            f"--rounds {args.rounds}",
             "\n".join(lines),
         )
     return 0
@@ -297,7 +298,10 @@ def report(rates, latencies, cpus, names, rounds) -> list[str]:
         "(keep-alive raw sockets, each client its own simulation), then its empty 200s. "
         "`peer` is bench/peer_seed (FastAPI + SQLAlchemy, one uvicorn worker, uvloop + httptools, "
         "access log off), writing its own table in the same database. `serve-http` is "
-        "simsched's production server (bin/serve-http), `-2` with two worker processes.",
+        "simsched's production server (bin/serve-http), `-2` with two worker processes; "
+        "`uvicorn` one worker with its flags, `uvicorn-long` the same with "
+        "`SIMSCHED_INGEST_SHORTCUT=0` (every point through Django and DRF, "
+        "convergence/asgi.py).",
     ]
     return lines
 
