@@ -50,10 +50,14 @@ _ROLLUP_UPSERT = """
         last_loss = CASE WHEN excluded.last_step > convergence_rollup.last_step
             THEN excluded.last_loss ELSE convergence_rollup.last_loss END,
         min_step = CASE WHEN excluded.min_loss < convergence_rollup.min_loss
+                OR excluded.min_loss = convergence_rollup.min_loss
+                    AND excluded.min_step < convergence_rollup.min_step
             THEN excluded.min_step ELSE convergence_rollup.min_step END,
         min_loss = CASE WHEN excluded.min_loss < convergence_rollup.min_loss
             THEN excluded.min_loss ELSE convergence_rollup.min_loss END,
         max_step = CASE WHEN excluded.max_loss > convergence_rollup.max_loss
+                OR excluded.max_loss = convergence_rollup.max_loss
+                    AND excluded.max_step < convergence_rollup.max_step
             THEN excluded.max_step ELSE convergence_rollup.max_step END,
         max_loss = CASE WHEN excluded.max_loss > convergence_rollup.max_loss
             THEN excluded.max_loss ELSE convergence_rollup.max_loss END,

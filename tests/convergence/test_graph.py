@@ -303,12 +303,18 @@ def check_against_brute_force(body, losses: dict[int, float], lo: int, hi: int, 
     assert dict(got) == expected_buckets(window, width)
 
 
+@pytest.mark.parametrize("tied", [False, True], ids=["distinct", "tied"])
 @pytest.mark.parametrize("seed", range(8))
-def test_graph_buckets_match_a_brute_force_computation(api, simulation, seed):
+def test_graph_buckets_match_a_brute_force_computation(api, simulation, seed, tied):
+    """`tied`: a handful of values, so that most buckets hold their min and max at several
+    steps (the earliest is the one shown)."""
     rng = random.Random(seed)
     shape = ["dense", "sparse", "clustered", "mixed"][seed % 4]
     steps = random_steps(rng, shape)
-    losses = {step: rng.uniform(-5.0, 5.0) for step in steps}
+    if tied:
+        losses = {step: float(rng.randrange(-3, 4)) for step in steps}
+    else:
+        losses = {step: rng.uniform(-5.0, 5.0) for step in steps}
     store_in_random_order(rng, simulation.pk, losses)
     first, last = min(steps), max(steps)
 
