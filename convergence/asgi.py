@@ -130,15 +130,14 @@ class PointWriteShortcut:
         started = time.perf_counter()
         signals.request_started.send(sender=self.__class__, scope=scope)
         try:
+            request = logs.bind_shortcut(headers.get(b"x-request-id", b""), scope["path"])
             try:
-                user, _token = self.authentication.authenticate_credentials(key)
-                fields = parse_point(json.loads(body.decode("utf-8")))
-            except (APIException, ValueError, RecursionError):
-                return None  # refused before any write: Django answers it with all its rules
-            request_id = logs.bind_shortcut(
-                headers.get(b"x-request-id", b""), scope["path"], user, fields["simulation_id"]
-            )
-            try:
+                try:
+                    user, _token = self.authentication.authenticate_credentials(key)
+                    fields = parse_point(json.loads(body.decode("utf-8")))
+                except (APIException, ValueError, RecursionError):
+                    return None  # refused before any write: Django answers with all its rules
+                request.user, request.simulation_id = user, fields["simulation_id"]
                 point, created = services.point_add(**fields, reporter=user)
             except Exception as exc:  # noqa: BLE001 - answered as the view's handler would
                 status, content, extra = self._error(exc, scope["path"])
@@ -149,7 +148,8 @@ class PointWriteShortcut:
             if status == 201:
                 POINTS_INGESTED.labels(ENDPOINT).inc()
             self._sample_pool()
-            return status, _headers(scope, headers, request_id, content, extra, status), content
+            answer_headers = _headers(scope, headers, request.request_id, content, extra, status)
+            return status, answer_headers, content
         finally:
             signals.request_finished.send(sender=self.__class__)
 

@@ -32,22 +32,23 @@ def bind_request(request) -> None:
 
 class ShortcutRequest:
     """What the log lines read of a request served without a Django request object
-    (convergence/asgi.py)."""
+    (convergence/asgi.py); its user and simulation are set once known."""
 
     method = "POST"
     resolver_match = None
 
-    def __init__(self, request_id: str, path: str, user, simulation_id: int):
-        self.request_id, self.path, self.user = request_id, path, user
-        self.simulation_id = simulation_id
+    def __init__(self, request_id: str, path: str):
+        self.request_id, self.path = request_id, path
+        self.user = self.simulation_id = None
 
 
-def bind_shortcut(sent: bytes, path: str, user, simulation_id: int) -> str:
-    """`bind_request` for such a request; returns its request id."""
+def bind_shortcut(sent: bytes, path: str) -> ShortcutRequest:
+    """`bind_request` for such a request."""
     sent_id = sent.decode("latin1")
     request_id = sent_id if _SANE_REQUEST_ID.fullmatch(sent_id) else uuid.uuid4().hex
-    _request.set(ShortcutRequest(request_id, path, user, simulation_id))
-    return request_id
+    request = ShortcutRequest(request_id, path)
+    _request.set(request)
+    return request
 
 
 @receiver(request_finished, dispatch_uid="simsched-log-request-finished")

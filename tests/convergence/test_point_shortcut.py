@@ -3,6 +3,7 @@ ASGI application: the same answers as the long way through Django, header by hea
 request it must not serve left to Django."""
 
 import json
+import logging
 import re
 
 import pytest
@@ -14,6 +15,7 @@ from convergence.asgi import PointWriteShortcut
 from convergence.models import ConvergencePoint
 from simsched.asgi import application
 from simsched.asgi_http import get_http_application
+from simsched.observability.logs import JSONFormatter
 from simsched.observability.metrics import POINTS_INGESTED
 from tests.convergence.test_consumers import TIMEOUT, db
 from tests.factories import make_simulation
@@ -353,3 +355,31 @@ async def test_a_crash_inside_the_write_is_django_s_json_500_not_a_dropped_reque
     assert answers[True] == answers[False]
     crashes = [r for r in caplog.records if r.name == "django.request" and r.exc_info]
     assert len(crashes) == 2  # logged with the traceback, both ways
+
+
+async def test_json_log_lines_of_a_refused_point_name_request_user_and_simulation(
+    user, token, settings
+):
+    lines = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.append(json.loads(JSONFormatter().format(record)))  # while the request is bound
+
+    handler = Collect()
+    logging.getLogger("django.request").addHandler(handler)
+    try:
+        simulation = await db(make_simulation, name="logged", owner=user)
+        point = {"simulation_id": simulation.pk, "step": 0, "loss_value": 0.5}
+        for shortcut in (False, True):
+            settings.SIMSCHED_INGEST_SHORTCUT = shortcut
+            await post(point, token)
+            await post({**point, "loss_value": 0.25}, token, [(b"x-request-id", b"conflict-1")])
+    finally:
+        logging.getLogger("django.request").removeHandler(handler)
+
+    fields = [
+        (line["request_id"], line["user"], line["simulation_id"], line["status_code"])
+        for line in lines
+    ]
+    assert fields == [("conflict-1", "engineer", simulation.pk, 409)] * 2  # the long way, then ours
