@@ -32,13 +32,12 @@ answered here, as the view's exception handler or Django's handler500 would answ
 import asyncio
 import contextvars
 import json
-import logging
 import time
-from http import HTTPStatus
 
 from django.conf import settings
 from django.core import signals
 from django.http.request import split_domain_port, validate_host
+from django.utils.log import log_response
 from rest_framework.exceptions import APIException
 from rest_framework.renderers import JSONRenderer
 
@@ -47,16 +46,13 @@ from convergence.serializers import parse_point, point_representation
 from simsched.authentication import CachedTokenAuthentication
 from simsched.exceptions import api_exception_handler
 from simsched.observability import logs
-from simsched.observability.metrics import POINTS_INGESTED, WRITE_DURATION, record_pool_use
+from simsched.observability.metrics import record_write
 from simsched.views import server_error
 
 PATHS = frozenset({"/convergence/data", "/convergence/data/"})
 ENDPOINT = "convergence-add-point"  # the route's name, as the metrics label it
 JSON_TYPES = frozenset({b"application/json", b"application/json; charset=utf-8"})
 ACCEPTED = frozenset({None, b"*/*", b"application/json"})
-POOL_SAMPLE_SECONDS = 1.0
-
-request_logger = logging.getLogger("django.request")  # where Django logs its 4xx and 5xx
 
 
 class PointWriteShortcut:
@@ -70,19 +66,17 @@ class PointWriteShortcut:
         self.threads = threads
         self.authentication = CachedTokenAuthentication()
         self.renderer = JSONRenderer()
-        self.pool_sampled_at = 0.0
 
     async def __call__(self, scope, receive, send):
         found = self._token(scope) if settings.SIMSCHED_INGEST_SHORTCUT else None
         if found is None:
             return await self.app(scope, receive, send)
-        key, headers = found
-        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-        body, complete = await _read_body(receive, limit)
+        key, headers, length = found
+        body, complete = await _read_body(receive, length)
         if body is None:  # the client left
             return None
-        answer = None  # a body other than declared, or over the limit: the long way decides
-        if complete and len(body) == _declared_length(headers):
+        answer = None  # a body other than declared: the long way decides
+        if complete and len(body) == length:
             context = contextvars.copy_context()  # the broadcasts' loop sender, for one
             with self.threads.borrowed() as thread:
                 answer = await asyncio.get_running_loop().run_in_executor(
@@ -95,8 +89,9 @@ class PointWriteShortcut:
         await send({"type": "http.response.body", "body": content})
         return None
 
-    def _token(self, scope) -> tuple[str, dict] | None:
-        """The token and headers of a request the short way may serve, else None."""
+    def _token(self, scope) -> tuple[str, dict, int] | None:
+        """The token, headers and declared body length of a request the short way may serve,
+        else None."""
         if (
             scope["type"] != "http"
             or scope["method"] != "POST"
@@ -106,10 +101,11 @@ class PointWriteShortcut:
         ):
             return None
         headers = _headers_of(scope)
+        length = _declared_length(headers)
         if (
             headers.get(b"content-type") not in JSON_TYPES
             or b"transfer-encoding" in headers
-            or not _declared_length(headers)
+            or length is None
             or headers.get(b"accept") not in ACCEPTED
             or b"origin" in headers
             or settings.USE_X_FORWARDED_HOST  # Django's host rules then take more than Host
@@ -121,7 +117,7 @@ class PointWriteShortcut:
         if len(words) != 2 or words[0].lower() != b"token":
             return None
         try:
-            return words[1].decode("ascii"), headers
+            return words[1].decode("ascii"), headers, length
         except UnicodeDecodeError:
             return None
 
@@ -144,10 +140,7 @@ class PointWriteShortcut:
             else:
                 status = 201 if created else 200
                 content, extra = self.renderer.render(point_representation(point)), []
-            WRITE_DURATION.labels(ENDPOINT).observe(time.perf_counter() - started)
-            if status == 201:
-                POINTS_INGESTED.labels(ENDPOINT).inc()
-            self._sample_pool()
+            record_write(ENDPOINT, time.perf_counter() - started, 1 if status == 201 else 0)
             answer_headers = _headers(scope, headers, request.request_id, content, extra, status)
             return status, answer_headers, content
         finally:
@@ -158,25 +151,17 @@ class PointWriteShortcut:
         (handler500, logged with its traceback). Never the long way: the write may be done."""
         response = api_exception_handler(exc, {})
         if response is None:
-            request_logger.error(
-                "Internal Server Error: %s", path, exc_info=exc, extra={"status_code": 500}
-            )
-            return 500, server_error(None).content, []
+            response = server_error(None)
+            log_response("%s: %s", response.reason_phrase, path, response=response, exception=exc)
+            return response.status_code, response.content, []
+        log_response("%s: %s", response.reason_phrase, path, response=response)
         status = response.status_code
-        log = request_logger.error if status >= 500 else request_logger.warning
-        log("%s: %s", HTTPStatus(status).phrase, path, extra={"status_code": status})
         extra = [  # what the handler set (Retry-After); the content type is ours
             (name.lower().encode(), value.encode())
             for name, value in response.items()
             if name.lower() != "content-type"
         ]
         return status, self.renderer.render(response.data), extra
-
-    def _sample_pool(self) -> None:
-        now = time.monotonic()
-        if now - self.pool_sampled_at >= POOL_SAMPLE_SECONDS:
-            self.pool_sampled_at = now
-            record_pool_use()
 
 
 def _headers_of(scope) -> dict[bytes, bytes]:
@@ -258,9 +243,9 @@ def _headers(scope, headers: dict, request_id: str, content: bytes, extra: list,
     return answer
 
 
-async def _read_body(receive, limit: int | None) -> tuple[bytes | None, bool]:
-    """(body, complete): the whole body, or what came until it passed `limit` (the long way
-    reads the rest); None if the client disconnected."""
+async def _read_body(receive, limit: int) -> tuple[bytes | None, bool]:
+    """(body, complete): the whole body, or what came until it passed `limit` (the declared
+    length; the long way reads the rest); None if the client disconnected."""
     parts, size = [], 0
     while True:
         message = await receive()
@@ -271,7 +256,7 @@ async def _read_body(receive, limit: int | None) -> tuple[bytes | None, bool]:
         size += len(part)
         if not message.get("more_body", False):
             return b"".join(parts), True
-        if limit is not None and size > limit:
+        if size > limit:
             return b"".join(parts), False
 
 

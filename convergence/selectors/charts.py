@@ -13,7 +13,7 @@ from convergence.selectors._common import (
     TOP_LEVEL,
     simulation_status,
 )
-from simsched.db import as_datetime, dictfetchall, dictfetchone, is_postgres
+from simsched.db import as_datetime, dictfetchall, is_postgres
 from simsched.exceptions import NotFoundError
 from simulations.models import Simulation
 
@@ -104,23 +104,12 @@ def _read_level(width: int) -> int:
     return max((lvl for lvl in ROLLUP_LEVELS if width % ROLLUP_FANOUT**lvl == 0), default=0)
 
 
-def _bounds(cursor, simulation_id: int, series_id: int) -> tuple[int | None, int | None]:
-    cursor.execute(
-        """
-        SELECT min(first_step) AS first, max(last_step) AS last
-        FROM convergence_rollup WHERE simulation_id = %s AND series_id = %s AND level = %s
-        """,
-        [simulation_id, series_id, TOP_LEVEL],
-    )
-    row = dictfetchone(cursor)
-    return row["first"], row["last"]
-
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _all_bounds(cursor, series: list[tuple[int, int]]) -> dict[int, tuple[int, int]]:
-    """`_bounds` of several (simulation, series) at once: series id -> (first, last step)."""
+def _bounds(cursor, series: list[tuple[int, int]]) -> dict[int, tuple[int, int]]:
+    """The first and last step of each (simulation, series id), in one query: series id ->
+    (first, last); a series with no points has no entry."""
     if not series:
         return {}
     pairs = ", ".join(["(%s, %s)"] * len(series))
@@ -187,23 +176,13 @@ def _bucket_points(bucket: dict) -> list[dict]:
             return None
         if step == first_step or span == 0:
             return first
-        return first + _times_rounded(last - first, (step - first_step) / span)
+        share = (step - first_step) / span  # timedelta * float: to the nearest microsecond
+        return first + (timedelta(microseconds=last - first) * share) // _MICROSECOND
 
     return [
         {"step": step, "loss": extremes[step], "timestamp": time_at(step)}
         for step in sorted(extremes)
     ]
-
-
-def _times_rounded(microseconds: int, factor: float) -> int:
-    """`microseconds * factor` to the nearest microsecond, ties to even: exactly what
-    `timedelta * float` gives (from the float's integer ratio)."""
-    numerator, denominator = factor.as_integer_ratio()
-    quotient, remainder = divmod(microseconds * numerator, denominator)
-    twice = 2 * remainder
-    if twice > denominator or (twice == denominator and quotient % 2 == 1):
-        quotient += 1
-    return quotient
 
 
 def _microseconds(value) -> int | None:
@@ -246,12 +225,12 @@ def _series_graph(
     max_points,
     from_step,
     to_step,
-    rollups_only: bool = False,
-    bounds: tuple[int | None, int | None] | None = None,
+    rollups_only: bool,
+    bounds: tuple[int, int] | None,
 ) -> dict:
     """One series' chart fields: see `convergence_graph`. A compacted series (`rollups_only`)
     has no raw points left: its window is widened to whole level-1 buckets and always drawn
-    from rollup rows, however small. `bounds`: its first and last step, when already read."""
+    from rollup rows, however small. `bounds`: its first and last step (`_bounds`)."""
     result = {
         "rollups_only": rollups_only,
         "from_step": from_step,
@@ -262,11 +241,9 @@ def _series_graph(
         "bucket_width": 1,
         "points": [],
     }
-    if series_id is None:
+    if series_id is None or bounds is None:
         return result
-    data_first, data_last = bounds or _bounds(cursor, simulation_id, series_id)
-    if data_first is None:
-        return result
+    data_first, data_last = bounds
     first = max(from_step if from_step is not None else data_first, data_first)
     last = min(to_step if to_step is not None else data_last, data_last)
     result.update(from_step=first, to_step=last)
@@ -341,11 +318,19 @@ def convergence_graph(
     }
     ids = _series_ids([simulation_id], list(metrics))
     with connection.cursor() as cursor:
+        bounds = _bounds(cursor, [(simulation_id, pk) for pk, _ in ids.values()])
         graphs = []
         for metric in metrics:
             series_id, compacted = ids.get((simulation_id, metric), (None, False))
             graph = _series_graph(
-                cursor, simulation_id, series_id, max_points, from_step, to_step, compacted
+                cursor,
+                simulation_id,
+                series_id,
+                max_points,
+                from_step,
+                to_step,
+                compacted,
+                bounds.get(series_id),
             )
             graphs.append({"metric": metric, **graph})
     if len(graphs) == 1:
@@ -373,7 +358,7 @@ def convergence_compare(
     ids = _series_ids(simulation_ids, [metric])
     runs = []
     with connection.cursor() as cursor:
-        bounds = _all_bounds(cursor, [(sim, pk) for (sim, _), (pk, _) in ids.items()])
+        bounds = _bounds(cursor, [(sim, pk) for (sim, _), (pk, _) in ids.items()])
         for simulation_id in simulation_ids:
             simulation = simulations[simulation_id]
             series_id, compacted = ids.get((simulation_id, metric), (None, False))
@@ -385,7 +370,7 @@ def convergence_compare(
                 from_step,
                 to_step,
                 compacted,
-                bounds.get(series_id, (None, None)),
+                bounds.get(series_id),
             )
             runs.append(
                 {

@@ -7,6 +7,7 @@ in files there, so a scrape of any worker reports the sum over all of them.
 """
 
 import os
+import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
@@ -87,6 +88,24 @@ def scrape_registry(collectors=()) -> CollectorRegistry:
     for collector in collectors:
         registry.register(collector)
     return registry
+
+
+POOL_SAMPLE_SECONDS = 1.0
+_pool_sampled_at = 0.0
+
+
+def record_write(endpoint: str, seconds: float, points: int) -> None:
+    """A write request answered: its duration, the points it stored, and (at most once a
+    second) this process's pool use. For Django's requests (middleware.py) and the ingest
+    shortcut's (convergence/asgi.py)."""
+    global _pool_sampled_at
+    WRITE_DURATION.labels(endpoint).observe(seconds)
+    if points:
+        POINTS_INGESTED.labels(endpoint).inc(points)
+    now = time.monotonic()
+    if now - _pool_sampled_at >= POOL_SAMPLE_SECONDS:
+        _pool_sampled_at = now
+        record_pool_use()
 
 
 def record_pool_use() -> None:

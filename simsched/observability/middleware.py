@@ -6,7 +6,7 @@ import time
 from django.conf import settings
 
 from simsched.observability import logs
-from simsched.observability.metrics import POINTS_INGESTED, WRITE_DURATION, record_pool_use
+from simsched.observability.metrics import record_write
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Route names of the point writes, and how to read how many points a success stored.
@@ -14,13 +14,11 @@ SINGLE_POINT_ENDPOINTS = frozenset({"convergence-add-point", "convergence-add-ba
 BATCH_ENDPOINTS = frozenset({"convergence-add-points"})
 # A single-point body this small is kept, so log lines can name its simulation.
 SMALL_BODY_BYTES = 4096
-POOL_SAMPLE_SECONDS = 1.0
 
 
 class ObservabilityMiddleware:
     def __init__(self, get_response):
         self.get_response = get_response
-        self.pool_sampled_at = 0.0
 
     def __call__(self, request):
         logs.bind_request(request)
@@ -46,14 +44,11 @@ class ObservabilityMiddleware:
     def _count_write(self, request, response, seconds: float) -> None:
         match = getattr(request, "resolver_match", None)
         endpoint = (match.url_name if match is not None else None) or "unmatched"
-        WRITE_DURATION.labels(endpoint).observe(seconds)
+        points = 0
         if endpoint in SINGLE_POINT_ENDPOINTS and response.status_code == 201:
-            POINTS_INGESTED.labels(endpoint).inc()
+            points = 1
         elif endpoint in BATCH_ENDPOINTS and response.status_code == 200:
             stored = getattr(response, "data", None)
             if isinstance(stored, dict) and stored.get("stored"):
-                POINTS_INGESTED.labels(endpoint).inc(stored["stored"])
-        now = time.monotonic()
-        if now - self.pool_sampled_at >= POOL_SAMPLE_SECONDS:
-            self.pool_sampled_at = now
-            record_pool_use()
+                points = stored["stored"]
+        record_write(endpoint, seconds, points)
