@@ -263,19 +263,21 @@ def point_add(
             with connection.cursor() as cursor:
                 if step is not None:
                     point = Point(step, loss_value, timestamp, metric)
-                    stored = store().insert(cursor, simulation_id, [point], scope)
-                    if stored.series:  # the series exists: that one statement was the write
-                        return _single_point_result(simulation_id, point, stored)
+                    written = store().insert_one(cursor, simulation_id, point, scope)
                 else:
-                    taken = store().insert_next(
+                    written = store().insert_next(
                         cursor, simulation_id, metric, loss_value, timestamp, scope
                     )
-                    if taken is not None and taken[2] is not None:  # stored at the next step
-                        series_id, step, point_id = taken
-                        point = Point(step, loss_value, timestamp, metric)
-                        stored = Stored({metric: series_id}, {(metric, step): point_id})
-                        return _single_point_result(simulation_id, point, stored)
-                    step = None  # a new series, no step left, or a counter behind a bulk load
+            if written is not None and (step is not None or written[2] is not None):
+                # That one statement was the write (or found the step stored).
+                series_id, point_step, point_id = written
+                point = Point(point_step, loss_value, timestamp, metric)
+                stored_points = {} if point_id is None else {(metric, point_step): point_id}
+                return _single_point_result(
+                    simulation_id, point, Stored({metric: series_id}, stored_points)
+                )
+            # No series yet, outside the caller's scope, or (without a step) no step left or
+            # the step taken by a bulk load around the counter: the long way says which.
         except OperationalError as exc:
             # PostgreSQL ended the statement to break a deadlock: nothing of it was stored, and
             # the long way below retries it (`_in_transaction`). Inside a caller's

@@ -144,6 +144,20 @@ _PG_RETURNING = """
         (extract(epoch FROM timestamp) * 1000000)::bigint AS us
 """
 
+# A single point needs no grouping: it is the first, last, min and max of its bucket at every
+# level, so it is upserted as it is (a quarter off the statement of one point, measured).
+_PG_ROLLUP_ONE = f"""
+        rolled AS (
+            {_ROLLUP_COLUMNS}
+            SELECT %(simulation)s, p.series_id, lv.level, p.step / lv.width, 1,
+                p.step, p.loss_value, p.step, p.loss_value,
+                p.step, p.loss_value, p.step, p.loss_value, p.timestamp, p.timestamp
+            FROM new AS p CROSS JOIN levels AS lv
+            {_ROLLUP_UPSERT}
+        )
+"""
+_PG_RETURNING_ONE = "RETURNING series_id, id, step, loss_value, timestamp"
+
 
 # The writer's `ReportScope` (simulations/permissions.py), checked in the write's statement: a
 # point write needs no separate read of the simulation.
@@ -185,6 +199,27 @@ class PostgresStore:
         SELECT s.metric, s.id, new.id, new.step FROM s LEFT JOIN new ON new.series_id = s.id
     """
 
+    # One point at a given step, the agent's hot path: the UPDATE that moves the series'
+    # next_step past it is also the series lock (GREATEST: a repeated or earlier step leaves
+    # it as it is).
+    INSERT_ONE = f"""
+        WITH {_LEVELS_CTE},
+        s AS MATERIALIZED (
+            UPDATE convergence_series
+            SET next_step = GREATEST(next_step, %(step)s::bigint + 1)
+            WHERE simulation_id = %(simulation)s AND metric = %(metric)s AND {_PG_ALLOWED}
+            RETURNING id, %(step)s::bigint AS step
+        ),
+        new AS (
+            INSERT INTO convergence_data (simulation_id, series_id, step, timestamp, loss_value)
+            SELECT %(simulation)s, s.id, s.step, %(time)s, %(value)s FROM s
+            ON CONFLICT (simulation_id, series_id, step) DO NOTHING
+            {_PG_RETURNING_ONE}
+        ),
+        {_PG_ROLLUP_ONE}
+        SELECT s.id, s.step, new.id FROM s LEFT JOIN new ON true
+    """
+
     # A point without a step takes its series' next_step: the UPDATE locks the series row and,
     # under READ COMMITTED, reads the value the previous writer committed, so concurrent writers
     # get consecutive steps. A max(step) read in the same statement would not: its snapshot is
@@ -195,15 +230,15 @@ class PostgresStore:
             UPDATE convergence_series SET next_step = next_step + 1
             WHERE simulation_id = %(simulation)s AND metric = %(metric)s
                 AND next_step <= %(max_step)s AND {_PG_ALLOWED}
-            RETURNING id, metric, next_step - 1 AS step
+            RETURNING id, next_step - 1 AS step
         ),
         new AS (
             INSERT INTO convergence_data (simulation_id, series_id, step, timestamp, loss_value)
             SELECT %(simulation)s, s.id, s.step, %(time)s, %(value)s FROM s
             ON CONFLICT (simulation_id, series_id, step) DO NOTHING
-            {_PG_RETURNING}
+            {_PG_RETURNING_ONE}
         ),
-        {_PG_ROLLUP}
+        {_PG_ROLLUP_ONE}
         SELECT s.id, s.step, new.id FROM s LEFT JOIN new ON true
     """
 
@@ -231,6 +266,25 @@ class PostgresStore:
             if point_id is not None:
                 stored[(metric, step)] = point_id
         return Stored(series, stored)
+
+    def insert_one(
+        self, cursor, simulation_id: int, point: Point, scope
+    ) -> tuple[int, int, int | None] | None:
+        """Bare SQL: store one point at its step in one statement (see INSERT_ONE). (series id,
+        step, point id or None if the step is already stored), or None when the series is
+        missing or the simulation is outside `scope`."""
+        cursor.execute(
+            self.INSERT_ONE,
+            {
+                "simulation": simulation_id,
+                "metric": point.metric,
+                "step": point.step,
+                "time": point.timestamp,
+                "value": point.loss_value,
+                **_scope_params(scope),
+            },
+        )
+        return cursor.fetchone()
 
     def insert_next(
         self, cursor, simulation_id: int, metric: str, value: float, timestamp: datetime, scope

@@ -258,17 +258,21 @@ def random_steps(rng: random.Random, shape: str) -> list[int]:
 
 
 def store_in_random_order(rng: random.Random, simulation_id: int, losses: dict[int, float]):
-    """Mixed write paths and overlapping, shuffled batches: the rollup must merge them."""
+    """Mixed write paths, single points between overlapping, shuffled batches and resent
+    ones: the rollup must merge them."""
     items = list(losses.items())
     rng.shuffle(items)
-    singles, rest = items[:20], items[20:]
-    for step, loss in singles:
-        point_add(simulation_id=simulation_id, step=step, loss_value=loss)
-    while rest:
+    singles, rest = items[:40], items[40:]
+    while rest or singles:
+        for step, loss in singles[:10]:  # some into buckets the batches already filled
+            point_add(simulation_id=simulation_id, step=step, loss_value=loss)
+        singles = singles[10:]
         size = rng.randrange(1, 3_000)
         chunk, rest = rest[:size], rest[size:]
         resent = rng.sample(items, min(len(items), 30))  # duplicates count, store nothing
         store_points(simulation_id, dict(chunk + resent))
+        for step, loss in resent[:3]:
+            point_add(simulation_id=simulation_id, step=step, loss_value=loss)
 
 
 def expected_buckets(points: list[tuple[int, float]], width: int) -> dict[int, set]:

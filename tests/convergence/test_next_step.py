@@ -37,6 +37,19 @@ def test_every_write_moves_next_step_past_its_largest_step(api, simulation):
     assert (next_step(simulation), next_step(simulation, "lr")) == (10, 41)
 
 
+def test_a_single_point_moves_next_step_only_forward(api, simulation):
+    store_points(simulation.pk, {0: 1.0})
+
+    def post(step):
+        body = {"simulation_id": simulation.pk, "step": step, "loss_value": 0.5}
+        return api.post("/convergence/data", body, format="json").status_code
+
+    assert (post(12), next_step(simulation)) == (201, 13)
+    assert (post(2), next_step(simulation)) == (201, 13)  # below: it stays
+    assert (post(12), next_step(simulation)) == (200, 13)  # resent
+    assert post_stepless(api, simulation).json()["step"] == 13
+
+
 def test_a_point_without_a_step_takes_next_step_per_series(api, simulation):
     store_points(simulation.pk, {s: 1.0 for s in range(5)})
 
