@@ -156,7 +156,18 @@ _PG_ROLLUP_ONE = f"""
             {_ROLLUP_UPSERT}
         )
 """
-_PG_RETURNING_ONE = "RETURNING series_id, id, step, loss_value, timestamp"
+# After a CTE `s` of one row (id, step): store the point there, roll it up, answer
+# (series id, step, point id or NULL if the step was already stored).
+_PG_STORE_ONE = f"""
+        new AS (
+            INSERT INTO convergence_data (simulation_id, series_id, step, timestamp, loss_value)
+            SELECT %(simulation)s, s.id, s.step, %(time)s, %(value)s FROM s
+            ON CONFLICT (simulation_id, series_id, step) DO NOTHING
+            RETURNING series_id, id, step, loss_value, timestamp
+        ),
+        {_PG_ROLLUP_ONE}
+        SELECT s.id, s.step, new.id FROM s LEFT JOIN new ON true
+"""
 
 
 # The writer's `ReportScope` (simulations/permissions.py), checked in the write's statement: a
@@ -210,14 +221,7 @@ class PostgresStore:
             WHERE simulation_id = %(simulation)s AND metric = %(metric)s AND {_PG_ALLOWED}
             RETURNING id, %(step)s::bigint AS step
         ),
-        new AS (
-            INSERT INTO convergence_data (simulation_id, series_id, step, timestamp, loss_value)
-            SELECT %(simulation)s, s.id, s.step, %(time)s, %(value)s FROM s
-            ON CONFLICT (simulation_id, series_id, step) DO NOTHING
-            {_PG_RETURNING_ONE}
-        ),
-        {_PG_ROLLUP_ONE}
-        SELECT s.id, s.step, new.id FROM s LEFT JOIN new ON true
+        {_PG_STORE_ONE}
     """
 
     # A point without a step takes its series' next_step: the UPDATE locks the series row and,
@@ -232,14 +236,7 @@ class PostgresStore:
                 AND next_step <= %(max_step)s AND {_PG_ALLOWED}
             RETURNING id, next_step - 1 AS step
         ),
-        new AS (
-            INSERT INTO convergence_data (simulation_id, series_id, step, timestamp, loss_value)
-            SELECT %(simulation)s, s.id, s.step, %(time)s, %(value)s FROM s
-            ON CONFLICT (simulation_id, series_id, step) DO NOTHING
-            {_PG_RETURNING_ONE}
-        ),
-        {_PG_ROLLUP_ONE}
-        SELECT s.id, s.step, new.id FROM s LEFT JOIN new ON true
+        {_PG_STORE_ONE}
     """
 
     def insert(self, cursor, simulation_id: int, points: list[Point], scope=None) -> Stored:
