@@ -21,7 +21,7 @@ from simsched.socket_auth import (
 )
 from simulations import services as simulation_services
 from simulations.models import Simulation
-from simulations.permissions import can_read_simulation
+from simulations.permissions import agent_machine_id, can_read_logs, can_read_simulation
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +34,10 @@ class ConvergenceConsumer(AsyncJsonWebsocketConsumer):
         self.group = simulation_group(self.simulation_id)
         self.joined = False
         self.sent_live = None  # while catching up: the (metric, step) sent live since joining
+        self.user = scope_user(self.scope)
+        self.reads_all_logs = None  # known at the first lines (an agent's are checked each time)
         await self.accept()
-        if not can_read_simulation(scope_user(self.scope)):
+        if not can_read_simulation(self.user):
             return await self.close(code=CLOSE_UNAUTHENTICATED)
         # Join before reading the snapshot, so nothing committed in between is missed
         # (clients drop points they already have, by step).
@@ -89,6 +91,18 @@ class ConvergenceConsumer(AsyncJsonWebsocketConsumer):
             {"type": "points", "simulation_id": event["simulation_id"], "points": event["points"]}
         )
 
+    async def _reads_logs(self) -> bool:
+        if self.reads_all_logs is None:
+            self.reads_all_logs = await database_sync_to_async(agent_machine_id)(self.user) is None
+        if self.reads_all_logs:
+            return True  # a person or staff: reading the simulation is enough (checked above)
+        # An agent reads the lines of its machine's simulation only, and the machine may change.
+        return await database_sync_to_async(self._agent_reads_logs)()
+
+    def _agent_reads_logs(self) -> bool:
+        simulation = Simulation.objects.only("machine_id").filter(pk=self.simulation_id).first()
+        return simulation is not None and can_read_logs(self.user, simulation)
+
     async def simulation_deleted(self, event):
         """The simulation was deleted: say so, then close with 4410 (gone)."""
         await self.send_json({"type": "deleted", "simulation_id": event["id"]})
@@ -106,7 +120,10 @@ class ConvergenceConsumer(AsyncJsonWebsocketConsumer):
         )
 
     async def simulation_logs(self, event):
-        """New stdout/stderr lines; `truncated` ones are fetched from /simulations/{id}/logs."""
+        """New stdout/stderr lines; `truncated` ones are fetched from /simulations/{id}/logs.
+        Only to a reader `GET /simulations/{id}/logs` would answer (`can_read_logs`)."""
+        if not await self._reads_logs():
+            return
         await self.send_json(
             {
                 "type": "logs",

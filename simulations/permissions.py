@@ -31,6 +31,7 @@ __all__ = [
     "can_change_simulation",
     "can_create_simulation",
     "can_drive_simulation",
+    "can_read_logs",
     "can_read_simulation",
     "can_trip_nan_guard",
     "can_report_for",
@@ -163,12 +164,19 @@ def can_trip_nan_guard(user, simulation) -> bool:
 
 
 def can_see_env(user, simulation) -> bool:
-    """The secret env: its owner, staff, and the agent of its machine, which launches it."""
+    """The secret env: its owner, staff, and the agent of the machine that holds it now, which
+    launches it. Not that machine's agent once the run has ended or moved, nor before it is
+    placed there: the commands an agent runs hold its token (`SIMSCHED_TOKEN`), and the
+    machine's earlier and later runs are other people's."""
     if user is None or not user.is_authenticated:
         return False
     machine_id = agent_machine_id(user)
     if machine_id is not None:
-        return simulation.machine_id is not None and machine_id == simulation.machine_id
+        return (
+            simulation.machine_id is not None
+            and machine_id == simulation.machine_id
+            and simulation.status in simulation.ACTIVE
+        )
     return is_operator(user) or (is_person(user) and _owns(user, simulation))
 
 

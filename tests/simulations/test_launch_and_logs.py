@@ -71,6 +71,23 @@ def test_env_is_shown_to_staff_and_to_the_agent_that_launches_it(user, staff_api
     assert "env" not in other_agent.get(f"/simulations/{simulation.pk}").json()
 
 
+@pytest.mark.parametrize("ends", ["finish", "cancel"])
+def test_env_is_hidden_from_the_machines_agent_once_the_run_has_ended(user, other_user, ends):
+    """The commands an agent runs hold its token: the next user's command on that machine must
+    not read the env of the runs before it."""
+    simulation, agent = _placed(user)
+    assert agent.post(f"/simulations/{simulation.pk}/start").status_code == 200
+    if ends == "finish":
+        assert agent.post(f"/simulations/{simulation.pk}/finish").status_code == 200
+    else:
+        assert token_client(user).post(f"/simulations/{simulation.pk}/cancel").status_code == 200
+
+    detail = agent.get(f"/simulations/{simulation.pk}")
+    assert detail.status_code == 200 and "env" not in detail.json()
+    listed = agent.get("/simulations/", {"machine": simulation.machine_id}).content.decode()
+    assert "s3" not in listed
+
+
 def test_env_never_reaches_the_simulation_socket(user):
     simulation, agent = _placed(user)
     token = _token(user)
@@ -260,6 +277,43 @@ async def test_new_lines_are_pushed_on_the_simulation_socket(user):
         (0, "stderr"),
         (1, "stderr"),
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_log_lines_reach_no_socket_of_another_machines_agent(user):
+    """The same rule as GET /simulations/{id}/logs (a 403 for that agent), on the socket."""
+    from channels.db import database_sync_to_async
+
+    from machines.services import machine_agent_user
+
+    def setup():
+        simulation, agent = _placed(user)
+        return simulation, agent, _token(machine_agent_user(machine=make_machine()))
+
+    simulation, agent, other_token = await database_sync_to_async(setup)()
+    watchers = {}
+    for name, token in (
+        ("owner", await database_sync_to_async(_token)(user)),
+        ("other agent", other_token),
+    ):
+        communicator = WebsocketCommunicator(
+            application,
+            f"/ws/convergence/{simulation.pk}",
+            headers=[(b"authorization", f"Token {token}".encode())],
+        )
+        assert (await communicator.connect())[0]
+        assert (await communicator.receive_json_from(timeout=5))["type"] == "snapshot"
+        watchers[name] = communicator
+    secret = {"lines": [{"seq": 0, "stream": "stderr", "line": "export HF_TOKEN=hf_x"}]}
+    await database_sync_to_async(agent.post)(
+        f"/simulations/{simulation.pk}/logs", secret, format="json"
+    )
+
+    owner_sees = await watchers["owner"].receive_json_from(timeout=5)
+    assert owner_sees["type"] == "logs" and owner_sees["lines"][0]["line"].endswith("hf_x")
+    assert await watchers["other agent"].receive_nothing(timeout=0.5)
+    for communicator in watchers.values():
+        await communicator.disconnect()
 
 
 def test_the_agent_finds_the_simulation_its_machine_holds(user):
