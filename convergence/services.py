@@ -31,6 +31,10 @@ ERR_BATCH_CONFLICT = (
 ERR_METRIC_BATCH_CONFLICT = (
     "{count} step(s) of {metrics} are already stored with different values; nothing was stored."
 )
+ERR_COMPACTED = (
+    "Simulation {simulation_id} was compacted ({names}): its raw points are gone, so new points "
+    "cannot be checked against them for repeats and conflicts; nothing was stored."
+)
 ERR_STEPS_EXHAUSTED = (
     'The series "{metric}" has reached the last step ({max_step}); send points with an '
     "explicit step or start a new simulation."
@@ -58,6 +62,8 @@ def _store(simulation_id: int, points: list[Point]) -> Stored:
     backend = store()
     with connection.cursor() as cursor:
         stored = backend.insert(cursor, simulation_id, points)
+        if stored.compacted:  # the caller's transaction undoes what the write stored elsewhere
+            _refuse_compacted(simulation_id, stored.compacted)
         missing = sorted({p.metric for p in points} - stored.series.keys())
         if not missing:
             return stored
@@ -67,6 +73,16 @@ def _store(simulation_id: int, points: list[Point]) -> Stored:
     if more.series.keys() != set(missing):
         _require_simulation(simulation_id)
     return Stored({**stored.series, **more.series}, {**stored.points, **more.points})
+
+
+def _refuse_compacted(simulation_id: int, metrics) -> None:
+    metrics = sorted(metrics)
+    names = ", ".join(f'"{m}"' for m in metrics)
+    raise ConflictError(
+        ERR_COMPACTED.format(simulation_id=simulation_id, names=names),
+        code="series_compacted",
+        details={"metrics": metrics},
+    )
 
 
 def _after_store(simulation_id: int, points: list[Point]) -> None:

@@ -25,11 +25,13 @@ class Point(NamedTuple):  # a tuple: ten thousand of them per request are built 
 
 
 class Stored(NamedTuple):
-    """What one insert did: the series it found (metric -> id; missing ones are not created)
-    and the (metric, step) -> point id of every point it stored."""
+    """What one insert did: the series it found (metric -> id; missing ones are not created),
+    the (metric, step) -> point id of every point it stored, and the metrics of the found
+    series that were compacted (their raw points are gone: nothing is stored into them)."""
 
     series: dict[str, int]
     points: dict[tuple[str, int], int]
+    compacted: frozenset[str] = frozenset()
 
 
 # Constant SQL built from code constants (never from input): the rollup levels and widths.
@@ -190,7 +192,7 @@ class PostgresStore:
     INSERT = f"""
         WITH {_LEVELS_CTE},
         s AS MATERIALIZED (
-            SELECT id, metric FROM convergence_series
+            SELECT id, metric, compacted_at IS NOT NULL AS compacted FROM convergence_series
             WHERE simulation_id = %(simulation)s AND metric = ANY(%(metrics)s::text[])
                 AND {_PG_ALLOWED}
             ORDER BY id FOR NO KEY UPDATE
@@ -201,13 +203,14 @@ class PostgresStore:
                 timestamptz 'epoch' + p.us * interval '1 microsecond', p.l
             FROM unnest(%(keys)s::int[], %(steps)s::bigint[], %(times)s::bigint[],
                 %(values)s::float8[]) AS p(k, s, us, l)
-            JOIN s ON s.metric = (%(metrics)s::text[])[p.k]
+            JOIN s ON s.metric = (%(metrics)s::text[])[p.k] AND NOT s.compacted
             ON CONFLICT (simulation_id, series_id, step) DO NOTHING
             {_PG_RETURNING}
         ),
         {_PG_BUMP}
         {_PG_ROLLUP}
-        SELECT s.metric, s.id, new.id, new.step FROM s LEFT JOIN new ON new.series_id = s.id
+        SELECT s.metric, s.id, s.compacted, new.id, new.step
+        FROM s LEFT JOIN new ON new.series_id = s.id
     """
 
     # One point at a given step, the agent's hot path: the UPDATE that moves the series'
@@ -218,7 +221,8 @@ class PostgresStore:
         s AS MATERIALIZED (
             UPDATE convergence_series
             SET next_step = GREATEST(next_step, %(step)s::bigint + 1)
-            WHERE simulation_id = %(simulation)s AND metric = %(metric)s AND {_PG_ALLOWED}
+            WHERE simulation_id = %(simulation)s AND metric = %(metric)s
+                AND compacted_at IS NULL AND {_PG_ALLOWED}
             RETURNING id, %(step)s::bigint AS step
         ),
         {_PG_STORE_ONE}
@@ -233,7 +237,7 @@ class PostgresStore:
         s AS MATERIALIZED (
             UPDATE convergence_series SET next_step = next_step + 1
             WHERE simulation_id = %(simulation)s AND metric = %(metric)s
-                AND next_step <= %(max_step)s AND {_PG_ALLOWED}
+                AND next_step <= %(max_step)s AND compacted_at IS NULL AND {_PG_ALLOWED}
             RETURNING id, next_step - 1 AS step
         ),
         {_PG_STORE_ONE}
@@ -257,12 +261,14 @@ class PostgresStore:
                 **_scope_params(scope),
             },
         )
-        series, stored = {}, {}
-        for metric, series_id, point_id, step in cursor.fetchall():
+        series, stored, compacted = {}, {}, set()
+        for metric, series_id, is_compacted, point_id, step in cursor.fetchall():
             series[metric] = series_id
+            if is_compacted:
+                compacted.add(metric)
             if point_id is not None:
                 stored[(metric, step)] = point_id
-        return Stored(series, stored)
+        return Stored(series, stored, frozenset(compacted))
 
     def insert_one(
         self, cursor, simulation_id: int, point: Point, scope
@@ -339,19 +345,21 @@ class SqliteStore:
         metrics = _metric_order(points)
         cursor.execute(
             """
-            SELECT metric, id FROM convergence_series
+            SELECT metric, id, compacted_at IS NOT NULL FROM convergence_series
             WHERE simulation_id = %s AND metric IN (SELECT value FROM json_each(%s))
             """,
             [simulation_id, json.dumps(metrics)],
         )
-        series = dict(cursor.fetchall())
+        found = cursor.fetchall()
+        series = {metric: series_id for metric, series_id, _ in found}
+        compacted = frozenset(metric for metric, _, is_compacted in found if is_compacted)
         rows = [
             [series[p.metric], p.step, _sqlite_datetime(p.timestamp), p.loss_value, p.metric]
             for p in points
-            if p.metric in series
+            if p.metric in series and p.metric not in compacted
         ]
         if not rows:
-            return Stored(series, {})
+            return Stored(series, {}, compacted)
         cursor.execute(
             """
             INSERT INTO convergence_data (simulation_id, series_id, step, timestamp, loss_value)
@@ -375,7 +383,7 @@ class SqliteStore:
                 "UPDATE convergence_series SET next_step = max(next_step, %s) WHERE id = %s",
                 [(step + 1, series_id) for series_id, step in tops.items()],
             )
-        return Stored(series, stored)
+        return Stored(series, stored, compacted)
 
     ROLLUP = f"""
         WITH {_LEVELS_CTE},

@@ -160,3 +160,34 @@ def test_a_bad_cutoff_is_a_command_error_and_deletes_nothing(old_run, bad):
     with pytest.raises(CommandError):
         compact("--older-than", bad)
     assert ConvergencePoint.objects.filter(simulation=old_run).count() == RUN
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/convergence/data", {"step": 3, "loss_value": 99.0}),  # a conflicting value
+        ("/convergence/data", {"step": 3, "loss_value": 10.0 / 4}),  # the stored one again
+        ("/convergence/data", {"loss_value": 0.5}),  # the next step
+        ("/convergence/data", {"step": RUN + 7, "loss_value": 0.5}),  # a new step
+        ("/convergence/{id}/add-bare-sql", {"step": 3, "loss_value": 99.0}),
+        ("/convergence/{id}/points", {"points": [{"step": 3, "loss_value": 10.0 / 4}]}),
+        (
+            "/convergence/{id}/points",  # one compacted series among others: nothing at all
+            {"points": [{"step": 3, "values": {"loss": 10.0 / 4, "lr": 0.1}}]},
+        ),
+    ],
+)
+def test_a_compacted_series_refuses_new_points_and_stores_nothing(api, old_run, path, body):
+    """Its raw points are gone, so nothing could tell a resent point (a duplicate) or a changed
+    one (a conflict) from a new one: storing it would count it twice in the rollups."""
+    compact("--older-than", "90d")
+    rollups = list(ConvergenceRollup.objects.filter(simulation=old_run).values_list())
+    if path == "/convergence/data":
+        body = {"simulation_id": old_run.pk, **body}
+
+    response = api.post(path.format(id=old_run.pk), body, format="json")
+
+    assert_error(response, 409, "series_compacted")
+    assert not ConvergencePoint.objects.filter(simulation=old_run).exists()
+    assert not ConvergenceSeries.objects.filter(simulation=old_run, metric="lr").exists()
+    assert list(ConvergenceRollup.objects.filter(simulation=old_run).values_list()) == rollups
