@@ -1,6 +1,7 @@
 import math
 import re
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from django.utils import timezone
 from rest_framework import serializers
@@ -239,12 +240,14 @@ def _point_errors(item, now: datetime, *, step_required: bool) -> tuple[dict, tu
     elif type(values) is not dict or not values:
         errors["values"] = [ERR_VALUES]
     else:
-        bad = {}
+        bad = {}  # the first MAX_REPORTED_ERRORS names: an answer no larger than its request
         for metric, value in values.items():
             if not _valid_metric(metric):
-                bad[metric[:METRIC_MAX_LENGTH]] = [ERR_METRIC]
+                if len(bad) < MAX_REPORTED_ERRORS:
+                    bad[metric[:METRIC_MAX_LENGTH]] = [ERR_METRIC]
             elif not _finite(value):
-                bad[metric] = [ERR_NOT_FINITE]
+                if len(bad) < MAX_REPORTED_ERRORS:
+                    bad[metric] = [ERR_NOT_FINITE]
                 if type(value) in (int, float) and nonfinite is None:
                     nonfinite = (metric, step_for_guard)
         if bad:
@@ -278,7 +281,12 @@ def parse_point(data, *, with_simulation: bool = True) -> dict:
     return fields
 
 
-def parse_point_batch(data) -> list[Point]:
+class Batch(NamedTuple):
+    points: list[Point]  # each (metric, step) once
+    repeats: int  # values sent again within the batch, the same: duplicates
+
+
+def parse_point_batch(data) -> Batch:
     """Validate a batch body fast; errors name the index of each bad point (the first 20).
     Points in the `values` form become one Point per value; at most 10,000 values in all."""
     points = data.get("points") if isinstance(data, dict) else None
@@ -289,6 +297,7 @@ def parse_point_batch(data) -> list[Point]:
             {"points": [f"At most {MAX_BATCH_POINTS} points per request; got {len(points)}."]}
         )
     parsed, errors, seen = [], {}, {}
+    repeats = 0
     nonfinite = None
     now = timezone.now()
     latest = now + FUTURE_TOLERANCE
@@ -310,14 +319,16 @@ def parse_point_batch(data) -> list[Point]:
             continue
         for point in item_points:
             key = (point.metric, point.step)
-            if key not in seen:
+            if key in seen:
+                repeats += 1
+            else:
                 seen[key] = point.loss_value
                 parsed.append(point)
-        if len(parsed) > MAX_BATCH_POINTS:
+        if len(parsed) + repeats > MAX_BATCH_POINTS:
             raise serializers.ValidationError({"points": [ERR_TOO_MANY_VALUES]})
     if errors:
         raise InvalidPoint({"points": errors}, nonfinite=nonfinite)
-    return parsed
+    return Batch(parsed, repeats)
 
 
 MAX_GRAPH_METRICS = 10
@@ -333,11 +344,20 @@ class MetricField(serializers.RegexField):
 
 
 class CommaListField(serializers.CharField):
-    """`a,b,c` in a query string, each item validated by `item`, at most `max_items`."""
+    """`a,b,c` in a query string, each item validated by `item`, at most `max_items`. The
+    parameter repeated (`a&x=b`, how OpenAPI's exploded arrays and `requests` send a list) is
+    the same list, not its last item."""
 
     def __init__(self, *, item, max_items: int, **kwargs):
         self.item, self.max_items = item, max_items
         super().__init__(**kwargs)
+
+    def get_value(self, dictionary):
+        if hasattr(dictionary, "getlist"):
+            sent = dictionary.getlist(self.field_name)
+            if len(sent) > 1:
+                return ",".join(sent)
+        return super().get_value(dictionary)
 
     def to_internal_value(self, data):
         text = super().to_internal_value(data)

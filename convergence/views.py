@@ -172,10 +172,10 @@ class ConvergenceViewSet(viewsets.ViewSet):
     )
     @action(detail=True, methods=["post"], url_path="points")
     def add_points(self, request, simulation_id=None):
-        points = parse_point_batch(request.data)
+        batch = parse_point_batch(request.data)
         self._simulation_for_write(simulation_id)
-        result = services.points_ingest(simulation_id=int(simulation_id), points=points)
-        return Response({"stored": result.stored, "duplicates": result.duplicates})
+        result = services.points_ingest(simulation_id=int(simulation_id), points=batch.points)
+        return Response({"stored": result.stored, "duplicates": result.duplicates + batch.repeats})
 
     @extend_schema(
         parameters=[SIMULATION_ID],

@@ -59,13 +59,24 @@ def test_an_overlapping_batch_counts_its_duplicates(api, simulation):
 
 
 def test_a_step_repeated_with_the_same_loss_inside_a_batch_is_stored_once(api, simulation):
-    body = {"points": [{"step": 1, "loss_value": 0.5}, {"step": 1, "loss_value": 0.5}]}
+    """...and counted as a duplicate: every value sent is either stored or a duplicate."""
+    body = {
+        "points": [
+            {"step": 1, "loss_value": 0.5},
+            {"step": 1, "loss_value": 0.5},
+            {"step": 1, "values": {"loss": 0.5, "lr": 0.1}},
+        ]
+    }
 
     response = send(api, simulation.pk, body)
 
     assert response.status_code == 200, response.content
-    assert response.json()["stored"] == 1
-    assert stored(simulation) == {1: 0.5}
+    assert response.json() == {"stored": 2, "duplicates": 2}
+    assert sorted(
+        ConvergencePoint.objects.filter(simulation=simulation).values_list(
+            "series__metric", "step", "loss_value"
+        )
+    ) == [("loss", 1, 0.5), ("lr", 1, 0.1)]
 
 
 def chart_count(api, simulation) -> int:
@@ -214,6 +225,20 @@ def test_bad_points_are_reported_by_their_index(api, simulation):
     assert set(errors["4"]) == {"step"}
     assert set(errors["7"]) == {"step", "loss_value"}
     assert set(errors["8"]) == {"timestamp"}
+    assert stored(simulation) == {}
+
+
+def test_an_error_answer_names_at_most_20_bad_series_of_a_point(api, simulation):
+    """A `values` object of 5,000 bad names gets an answer no larger than its request."""
+    values = {f"bad name {i}": 1.0 for i in range(5_000)}
+    body = {"points": [{"step": 0, "values": values}]}
+
+    response = send(api, simulation.pk, body)
+
+    assert response.status_code == 400, response.content
+    (named,) = error_of(response)["fields"]["points"]["0"]["values"]
+    assert len(named) == 20
+    assert len(response.content) < len(json.dumps(body)) / 10
     assert stored(simulation) == {}
 
 

@@ -66,7 +66,7 @@ def single_answer(point):
 
 def batch_answer(point):
     try:
-        (parsed,) = parse_point_batch({"points": [point]})
+        (parsed,) = parse_point_batch({"points": [point]}).points
     except ValidationError as exc:
         return None, sorted(exc.detail["points"]["0"])
     stamp = parsed.timestamp if "timestamp" in point else None

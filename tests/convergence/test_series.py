@@ -319,6 +319,24 @@ def test_compare_overlays_one_metric_of_several_runs(api, user, simulation):
     assert all(r["returned_points"] <= 16 for r in runs)
 
 
+def test_a_repeated_list_parameter_is_the_whole_list(api, user, simulation):
+    """`?simulations=1&simulations=2`, as OpenAPI's exploded arrays and `requests` send a list:
+    both runs, not the last one; `?metric=a&metric=b` the same for the graph's series."""
+    other = make_simulation(name="other-run", owner=user)
+    post_points(api, simulation.pk, [{"step": 0, "values": {"loss": 2.0, "lr": 0.1}}])
+    post_points(api, other.pk, [{"step": 0, "loss_value": 3.0}])
+
+    compared = api.get(f"/convergence/compare?simulations={other.pk}&simulations={simulation.pk}")
+    graphed = api.get(f"/convergence/{simulation.pk}/graph?metric=loss&metric=lr")
+    too_many = "&".join(f"simulations={simulation.pk + i}" for i in range(21))
+
+    assert compared.status_code == 200, compared.content
+    assert [r["simulation_id"] for r in compared.json()["simulations"]] == [other.pk, simulation.pk]
+    assert graphed.status_code == 200, graphed.content
+    assert [series["metric"] for series in graphed.json()["series"]] == ["loss", "lr"]
+    assert api.get(f"/convergence/compare?{too_many}").status_code == 400
+
+
 def test_compare_refuses_an_unknown_simulation_instead_of_dropping_it(api, simulation):
     response = api.get("/convergence/compare", {"simulations": f"{simulation.pk},{MISSING_ID}"})
 
