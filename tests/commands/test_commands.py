@@ -64,6 +64,21 @@ def test_every_seeded_time_is_in_the_past_and_matches_the_points():
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_seeded_failure_says_what_its_points_show():
+    """A run failed by a NaN failed at the step after its last point, recorded as the nan
+    guard records it; every failed run has a reason."""
+    run("seed", machines=12, simulations=200, points=300)
+    failed = Simulation.objects.filter(status="failed")
+    assert failed.exists() and not failed.filter(failure_reason="").exists()
+    nan = failed.filter(stopped_by=Simulation.StoppedBy.NAN)
+    assert nan.exists()
+    for simulation in nan:
+        last = simulation.points.filter(series__metric="loss").order_by("-step").first().step
+        assert simulation.stop_step == last + 1
+        assert simulation.failure_reason == f"non-finite loss at step {last + 1}"
+
+
+@pytest.mark.django_db(transaction=True)
 def test_seed_is_idempotent():
     run("seed", machines=8, simulations=20, points=100)
     counts = (Machine.objects.count(), Simulation.objects.count(), ConvergencePoint.objects.count())

@@ -18,6 +18,7 @@ from convergence.curves import LossCurve, TrainingSeries
 from convergence.services import MAX_BATCH_POINTS, Point, points_ingest
 from machines.models import Machine
 from simsched.broadcast import sent_in_the_background
+from simulations.guards import REASON_NAN
 from simulations.models import Simulation
 from simulations.scheduler import assign_pending
 from simulations.selectors import fits
@@ -93,7 +94,7 @@ class Command(BaseCommand):
         running = min(
             running if running is not None else max(simulations // 10, 1), len(fleet) // 2
         )
-        created = self._simulations(simulations, running, fleet, rng)
+        created = self._simulations(simulations, running, fleet, rng, points)
         total = sum(self._curve_length(s, points) for s in created)
         bar = ProgressBar(total, "points") if total >= 100_000 else None
         for simulation in created:
@@ -142,7 +143,7 @@ class Command(BaseCommand):
         return Simulation.Status.PENDING
 
     @transaction.atomic
-    def _simulations(self, count, running, fleet, rng) -> list[Simulation]:
+    def _simulations(self, count, running, fleet, rng, points) -> list[Simulation]:
         now = timezone.now()
         free = [m for m in fleet if m.status == Machine.Status.AVAILABLE]
         created = []
@@ -167,7 +168,7 @@ class Command(BaseCommand):
                     if not fitting:
                         simulation.status = status = Simulation.Status.PENDING
                 if status != Simulation.Status.PENDING:
-                    machine = self._place(simulation, status, fleet, free, rng, now)
+                    machine = self._place(simulation, status, fleet, free, rng, now, points)
                     simulation.machine = machine
             created.append(simulation)
         Simulation.objects.bulk_create(created)
@@ -175,7 +176,7 @@ class Command(BaseCommand):
         Machine.objects.filter(pk__in=busy).update(status=Machine.Status.BUSY)
         return list(Simulation.objects.filter(name__in=[s.name for s in created]))
 
-    def _place(self, simulation, status, fleet, free, rng, now) -> Machine:
+    def _place(self, simulation, status, fleet, free, rng, now, points) -> Machine:
         if status == Simulation.Status.RUNNING:
             machine = next(m for m in free if fits(m, simulation))
             free.remove(machine)
@@ -194,11 +195,22 @@ class Command(BaseCommand):
                 timedelta(hours=rng.uniform(0.2, 6)), left * rng.uniform(0.5, 1.0)
             )
             if status == Simulation.Status.FAILED:
-                simulation.failure_reason = rng.choice(
-                    ["CUDA out of memory.", "NaN loss at step 4120.", "Node lost (spot reclaim)."]
-                )
+                self._fail(simulation, rng, next_step=self._curve_length(simulation, points))
         simulation.hourly_cost = machine.hourly_cost
         return machine
+
+    @staticmethod
+    def _fail(simulation: Simulation, rng, *, next_step: int) -> None:
+        """Why a seeded run failed, consistent with its points: a NaN is the step after its
+        last stored one, recorded as the nan guard records it."""
+        why = rng.choice(["oom", "nan", "lost"])
+        if why == "nan":
+            reason = REASON_NAN.format(metric="loss", step=next_step)
+            simulation.stopped_by = Simulation.StoppedBy.NAN
+            simulation.stop_step, simulation.stop_reason = next_step, reason
+        else:
+            reason = {"oom": "CUDA out of memory.", "lost": "Node lost (spot reclaim)."}[why]
+        simulation.failure_reason = reason
 
     @staticmethod
     def _curve_length(simulation: Simulation, points: int) -> int:
