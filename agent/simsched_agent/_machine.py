@@ -275,6 +275,7 @@ class MachineAgent:
         self.state_path = self.state_dir / "current.json"
         self.state: dict | None = None
         self._api = Api(url, token)
+        self._stopped_on_server_word: int | None = None
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -317,6 +318,13 @@ class MachineAgent:
 
     def _run(self, simulation: dict, stop: threading.Event) -> None:
         simulation_id = simulation["id"]
+        if simulation_id == self._stopped_on_server_word and simulation["status"] == "running":
+            # Its command was stopped on the server's word and the server still places it
+            # here: report that nothing runs (during a preemption this requeues it).
+            reason = "Its command was stopped as the server asked; nothing of it runs here"
+            self._report(simulation_id, {"reason": reason}, stop)
+            return
+        self._stopped_on_server_word = None
         if simulation["status"] == "scheduled":
             answer = self.call("POST", f"/simulations/{simulation_id}/start")
             if answer is None or answer[0] != 200:
@@ -386,8 +394,7 @@ class MachineAgent:
                     stopped_by = "agent"
                 elif now >= next_beat:
                     next_beat = now + self.heartbeat
-                    if self._told_to_stop(simulation_id):
-                        stopped_by = "server"
+                    stopped_by = self._told_to_stop(simulation_id)
                 if stopped_by is not None:
                     logger.info("simulation %s: stopping (SIGTERM to the group)", simulation_id)
                     stopping_since = now
@@ -401,7 +408,15 @@ class MachineAgent:
         shipper.ship_rest()
         self._sync(child.run_dir / "spool", stop)
         outcome, reported = child.outcome(), True
-        if stopped_by == "server":
+        if stopped_by is not None and stopped_by != "agent":
+            # Never launched again in this placement, whatever a claim says (see _run).
+            self._stopped_on_server_word = simulation_id
+        if stopped_by == "preempt":
+            # The server requeues a preempted run as soon as its agent reports fail (and would
+            # mark it finished on `finish`, although it is to resume): the machine is free now.
+            reason = f"Stopped for a preemption ({describe(outcome, [])})"
+            reported = self._report(simulation_id, {"reason": reason}, stop)
+        elif stopped_by == "server":
             logger.info("simulation %s: stopped as the server asked", simulation_id)
         elif stopped_by == "agent":
             reason = "The machine's agent was stopped, and stopped the command first"
@@ -415,14 +430,18 @@ class MachineAgent:
         if reported:
             self._clear_state()
 
-    def _told_to_stop(self, simulation_id: int) -> bool:
+    def _told_to_stop(self, simulation_id: int) -> str | None:
+        """None (keep running), "preempt" (stop, the run resumes later) or "server" (stop: it
+        ended, or is no longer this machine's)."""
         answer = self.call("POST", f"/simulations/{simulation_id}/heartbeat")
         if answer is None or retryable(answer[0]):
-            return False  # the server is away: keep running, try again next beat
+            return None  # the server is away: keep running, try again next beat
         status, body = answer
-        if status != 200:
-            return True  # deleted, or no longer this machine's
-        return bool(body.get("stop"))
+        if status != 200 or not isinstance(body, dict):
+            return "server"  # deleted, or no longer this machine's
+        if not body.get("stop"):
+            return None
+        return "preempt" if body.get("preempt") else "server"
 
     def _report(self, simulation_id: int, failure: dict | None, stop: threading.Event) -> bool:
         """finish (failure None) or fail; retried until the server answers. An answer of 409

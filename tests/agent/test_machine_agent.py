@@ -333,3 +333,43 @@ def test_lines_wait_for_their_first_number_while_the_server_cannot_give_it(
     )
     assert lines[3:] == [(3, "second attempt 0"), (4, "second attempt 1")]
     assert back.state["seq"] == 5
+
+
+def test_a_preempted_command_is_stopped_once_and_the_run_requeued_at_once(
+    server, agents, owner, machine, machine_token, tmp_path
+):
+    """The heartbeat says stop for a preemption; the command exits on SIGTERM (0, as a
+    checkpoint-and-exit handler does): the agent reports fail, which requeues the run now
+    (not after its preempt_grace), and never launches the stopped command again."""
+    from simulations.services import ERR_PREEMPTED, simulation_preempt
+    from tests.factories import make_simulation
+
+    starts = tmp_path / "starts"
+    trap = script(
+        tmp_path,
+        "trap.py",
+        f"""
+        import signal, sys, time
+        open({str(starts)!r}, "a").write("start\\n")
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        print("ready", flush=True)
+        while True:
+            time.sleep(0.05)
+        """,
+    )
+    simulation = simulation_running(
+        owner, machine, [PYTHON, str(trap)], preemptible=True, preempt_grace=600
+    )
+    agents(server.url, machine_token)
+    wait_for(lambda: ("stdout", "ready") in _log_text(simulation), "the command to start")
+    waiter = make_simulation(
+        owner=owner,
+        priority=10,
+        command=[PYTHON, "-c", "print('waiter'); import time; time.sleep(60)"],
+    )
+    assert simulation_preempt(simulation=simulation, waiting=waiter) is not None
+    wait_for(lambda: _status(simulation) == Simulation.Status.PENDING, "the run to be requeued")
+    assert simulation.preemptions == 1 and simulation.failure_reason == ERR_PREEMPTED
+    # The machine went to the waiter, and the preempted command was not launched again.
+    wait_for(lambda: ("stdout", "waiter") in _log_text(waiter), "the waiter to run")
+    assert starts.read_text() == "start\n"
