@@ -30,11 +30,12 @@ SHIP_EVERY_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 15.0
 FINAL_SHIP_SECONDS = 30.0
 READ_WINDOW_BYTES = 64 * 1024
-MAX_LINES_PER_STREAM = 500
 MAX_LINE_CHARS = 8192
 STDERR_TAIL_LINES = 5
 MAX_REASON = 500
 STREAMS = ("stdout", "stderr")
+MAX_LINES_PER_REQUEST = 1000  # the server's limit (simulations/logs.py): more is refused
+MAX_LINES_PER_STREAM = MAX_LINES_PER_REQUEST // len(STREAMS)
 
 
 def default_state_dir(url: str, token: str) -> Path:
@@ -120,10 +121,10 @@ class _Child:
         try:
             with open(self.run_dir / "stderr.log", "rb") as err:
                 err.seek(max(0, err.seek(0, os.SEEK_END) - 4096))
-                text = err.read().decode("utf-8", "replace")
+                data = err.read()
         except OSError:
             return []
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        lines = [line.strip() for line in terminal_lines(data) if line.strip()]
         return lines[-STDERR_TAIL_LINES:]
 
 
@@ -247,11 +248,26 @@ class _LogShipper:
             with open(self.run_dir / f"{stream}.log", "rb") as file:
                 file.seek(start[stream])
                 data = file.read(end[stream] - start[stream])
-            for raw in data.decode("utf-8", "replace").splitlines():
-                line = raw if len(raw) <= MAX_LINE_CHARS else raw[: MAX_LINE_CHARS - 1] + "…"
+            for line in terminal_lines(data):
                 lines.append({"seq": seq, "stream": stream, "line": line})
                 seq += 1
         return lines
+
+
+def terminal_lines(data: bytes) -> list[str]:
+    """`data` as lines the way a terminal shows them: split on "\n" only (the count
+    _window_end makes: at most one line per "\n", plus one for an unterminated end), and of
+    each line what is left after its carriage-return redraws (a progress bar redrawn with
+    "\r" is one line, its last state; a CRLF line's "\r" is not a redraw)."""
+    pieces = data.split(b"\n")
+    if pieces[-1] == b"":
+        pieces.pop()  # the newline that ends the window, not a line after it
+    lines = []
+    for piece in pieces:
+        piece = piece.removesuffix(b"\r").rsplit(b"\r", 1)[-1]
+        line = piece.decode("utf-8", "replace")
+        lines.append(line if len(line) <= MAX_LINE_CHARS else line[: MAX_LINE_CHARS - 1] + "…")
+    return lines
 
 
 class MachineAgent:

@@ -373,3 +373,75 @@ def test_a_preempted_command_is_stopped_once_and_the_run_requeued_at_once(
     # The machine went to the waiter, and the preempted command was not launched again.
     wait_for(lambda: ("stdout", "waiter") in _log_text(waiter), "the waiter to run")
     assert starts.read_text() == "start\n"
+
+
+def test_a_progress_bar_redrawn_with_carriage_returns_is_one_line_and_costs_no_other_line(
+    server, agents, owner, machine, machine_token, tmp_path
+):
+    """tqdm's default: a bar on stderr redrawn 1,500 times with "\\r". A terminal shows one
+    line, its last state; so does the log, and the stdout lines around it all arrive."""
+    bar = script(
+        tmp_path,
+        "bar.py",
+        """
+        import sys
+        print("epoch 1 starting", flush=True)
+        for i in range(1500):
+            sys.stderr.write(f"\\r{i + 1:4d}/1500 [00:01<00:20, 45.2it/s]")
+        sys.stderr.write("\\n")
+        sys.stderr.flush()
+        sys.stdout.write("crlf line\\r\\n")
+        print("epoch 1 done", flush=True)
+        """,
+    )
+    simulation = simulation_running(owner, machine, [PYTHON, str(bar)])
+    agent = agents(server.url, machine_token)
+    assert _final(simulation).status == Simulation.Status.FINISHED, simulation.failure_reason
+    wait_for(lambda: len(_log_text(simulation)) == 4, "the four lines")
+    assert sorted(_log_text(simulation)) == sorted(
+        [
+            ("stdout", "epoch 1 starting"),
+            ("stdout", "crlf line"),
+            ("stdout", "epoch 1 done"),
+            ("stderr", "1500/1500 [00:01<00:20, 45.2it/s]"),
+        ]
+    )
+    assert "refused" not in agent.output()
+
+
+def test_no_window_of_output_exceeds_the_servers_lines_per_request_whatever_the_bytes(
+    server, owner, machine, machine_token, tmp_path, caplog
+):
+    """Every separator str.splitlines() knows, thousands of them, and thousands of short
+    lines on both streams: each request stays within the server's limit, none is refused,
+    and every "\\n" makes exactly one line."""
+    from simsched_agent._machine import MAX_LINES_PER_REQUEST, MachineAgent, _LogShipper
+
+    simulation = simulation_running(owner, machine, [PYTHON, "-c", "pass"])
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    others = "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+    stdout = ("x" + others * 300 + "y\n") * 3 + "line\n" * 2500
+    stderr = "\n" * 1200 + "\r\n" * 1200 + ("a\rb" * 2000) + "no newline"
+    (run_dir / "stdout.log").write_text(stdout)
+    (run_dir / "stderr.log").write_text(stderr)
+    agent = MachineAgent(server.url, machine_token, state_dir=tmp_path / "state")
+    agent.state = {"simulation_id": simulation.pk, "seq": 0}
+    shipper = _LogShipper(agent, simulation.pk, run_dir, agent.state)
+    sent, call = [], agent.call
+
+    def counting(method, path, body=None):
+        if body:
+            sent.append(len(body["lines"]))
+        return call(method, path, body)
+
+    agent.call = counting
+    with caplog.at_level("WARNING", logger="simsched_agent.machine"):
+        while shipper.ship(final=True):
+            pass
+    assert sent and max(sent) <= MAX_LINES_PER_REQUEST
+    assert "refused" not in caplog.text
+    stored = _log_text(simulation)
+    assert len([1 for stream, _ in stored if stream == "stdout"]) == stdout.count("\n")
+    assert len([1 for stream, _ in stored if stream == "stderr"]) == stderr.count("\n") + 1
+    assert stored[-1] == ("stderr", "bno newline")
