@@ -5,6 +5,7 @@ anything may be sent again; a refused request is split until the refused value i
 one bad value never costs the others."""
 
 import json
+import time
 from datetime import UTC, datetime
 from itertools import chain
 from math import isfinite
@@ -204,13 +205,20 @@ class Sender:
         self.path = f"/convergence/{simulation_id}/points"
         stamps = _Stamps()
         self.encoder = encoder or (lambda items: encode(items, stamps))
+        # time.monotonic() after which no new request starts (a finishing run sets it, from
+        # another thread): `send` then returns False, and its caller keeps the items.
+        self.deadline: float | None = None
 
     def send(self, items: list) -> bool:
         bodies, singles, rejected = self.encoder(items)
         self.counters.rejected += rejected
-        return all(self._post(body) for body in bodies) and all(
-            self._post(body) for body in singles
-        )
+        for body in chain(bodies, singles):
+            deadline = self.deadline
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            if not self._post(body):
+                return False
+        return True
 
     def _post(self, body: bytes) -> bool:
         try:

@@ -98,12 +98,15 @@ class Run:
 
     def finish(self, timeout: float | None = None) -> bool:
         """Send what is queued or spooled for at most `timeout` seconds (default: the run's
-        `flush_timeout`); True when the server has everything. Safe to call more than once."""
+        `flush_timeout`), then spool the rest; True when the server has everything. No request
+        starts after `timeout`, so this returns within `timeout` plus the one request in
+        flight then, which its own timeout bounds (REQUEST_TIMEOUT_SECONDS, 10 s). Safe to call
+        more than once (a later call keeps the earliest deadline)."""
         self._room = 0
         timeout = self.flush_timeout if timeout is None else timeout
-        self._worker.stop(deadline=time.monotonic() + max(timeout, 0.0))
+        deadline = self._worker.stop(deadline=time.monotonic() + max(timeout, 0.0))
         self._wake.set()
-        self._worker.join(timeout + REQUEST_TIMEOUT_SECONDS + 1)
+        self._worker.join(max(0.0, deadline - time.monotonic()) + REQUEST_TIMEOUT_SECONDS + 1)
         return self._worker.all_delivered
 
     @property
@@ -144,9 +147,11 @@ class _Worker(threading.Thread):
         self.all_delivered = False
         self.errors = 0
 
-    def stop(self, *, deadline: float) -> None:
+    def stop(self, *, deadline: float) -> float:
+        """Finish by `deadline` (or an earlier one already set); returns the one in force."""
         if self.deadline is None or deadline < self.deadline:
-            self.deadline = deadline
+            self.deadline = self.sender.deadline = deadline
+        return self.deadline
 
     def run(self) -> None:
         while True:

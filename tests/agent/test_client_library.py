@@ -6,10 +6,13 @@ import math
 import os
 import signal
 import subprocess
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.db import connection
+from simsched_agent._run import REQUEST_TIMEOUT_SECONDS
 
 from convergence.models import ConvergencePoint
 from tests.agent.conftest import PYTHON, script, simulation_running, wait_for
@@ -319,3 +322,76 @@ def test_a_server_stopped_for_30_s_mid_run_loses_nothing_and_stores_each_value_o
             assert all(stored[s] == math.exp(-s / 10_000) + offset for s in range(steps))
     finally:
         restarted.stop()
+
+
+class _SlowServer(BaseHTTPRequestHandler):
+    """Takes points, but answers each request only after `delay` seconds (an overloaded
+    server, an exhausted database pool)."""
+
+    delay = 3.0
+    received: set = set()
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        time.sleep(self.delay)
+        steps = [point["step"] for point in json.loads(body)["points"]]
+        self.received.update(steps)
+        answer = json.dumps({"stored": len(steps), "duplicates": 0}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args):
+        pass
+
+
+def _spooled_steps(spool) -> set[int]:
+    steps = set()
+    for path in spool.rglob("simsched-*.jsonl"):
+        for line in path.read_text().splitlines():
+            steps.update(point[0] for point in json.loads(line)["points"])
+    return steps
+
+
+@pytest.mark.parametrize(
+    ("delay", "bound"),
+    [
+        (3.0, 1.0 + 3.0 + 1.0),  # the request in flight at the deadline ends in 3 s
+        (60.0, 1.0 + REQUEST_TIMEOUT_SECONDS + 1.0),  # it ends by its own timeout
+    ],
+    ids=["slow", "silent"],
+)
+def test_finish_returns_by_its_timeout_plus_the_request_in_flight_and_spools_the_rest(
+    tmp_path, delay, bound
+):
+    handler = type("Handler", (_SlowServer,), {"delay": delay, "received": set()})
+    slow = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    slow.daemon_threads = True
+    threading.Thread(target=slow.serve_forever, daemon=True).start()
+    spool = tmp_path / "spool"
+    train = script(
+        tmp_path,
+        "train.py",
+        f"""
+        import json, time, simsched_agent
+        run = simsched_agent.init("http://127.0.0.1:{slow.server_port}", "token", 1,
+                                  spool_dir={str(spool)!r})
+        for step in range(100_000):
+            run.log(step, loss=1.0 / (step + 1))
+        started = time.monotonic()
+        delivered = run.finish(timeout=1.0)
+        took = time.monotonic() - started
+        print(json.dumps({{"took": took, "delivered": delivered, "returned_at": time.time()}}))
+        """,
+    )
+    try:
+        stats = _train(train, {**os.environ})
+        exited_at = time.time()
+    finally:
+        slow.shutdown()
+    assert stats["took"] <= bound, stats
+    assert exited_at - stats["returned_at"] <= 1.5  # atexit finds nothing left to wait for
+    assert not stats["delivered"]
+    assert handler.received | _spooled_steps(spool) == set(range(100_000))
