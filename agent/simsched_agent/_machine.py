@@ -55,20 +55,22 @@ def _process_start_time(pid: int) -> str | None:
 
 
 def _alive(pid: int, start_time: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+    """`pid` runs and is the process that started at `start_time` (not a zombie)."""
     current = _process_start_time(pid)
-    if current is not None and start_time is not None and current != start_time:
+    if current is None:  # no such process, or no /proc to tell
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return not Path("/proc/self").exists()
+    if start_time is not None and current != start_time:
         return False  # the pid now belongs to someone else
-    stat = Path(f"/proc/{pid}/stat")
     try:  # a zombie has ended
-        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
-        return current is None
+        return False
 
 
 class _Child:
@@ -100,10 +102,26 @@ class _Child:
         return not _alive(self.pid, self.start_time)
 
     def signal_group(self, sig: int) -> None:
+        """Signal the child's process group, only while that group can be nothing but ours."""
+        if not self._group_is_ours():
+            logger.warning("pid %s is no longer the command's: its group is left alone", self.pid)
+            return
         try:
             os.killpg(self.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+    def _group_is_ours(self) -> bool:
+        """Our own launcher (we reap it, so its pid is not reused under us); or an adopted one
+        whose pid still has the start time recorded at launch. When no process has the pid any
+        more, a group of that number can only be what is left of ours: Linux does not reuse a
+        pid while a process group still bears it. Without /proc nothing can be confirmed."""
+        if self.popen is not None:
+            return True
+        current = _process_start_time(self.pid)
+        if current is not None:
+            return self.start_time is not None and current == self.start_time
+        return Path("/proc/self").exists() and not Path(f"/proc/{self.pid}").exists()
 
     def outcome(self) -> dict | None:
         """{"exit_code": n, "signal": None} or {"exit_code": None, "signal": n}; None when

@@ -445,3 +445,44 @@ def test_no_window_of_output_exceeds_the_servers_lines_per_request_whatever_the_
     assert len([1 for stream, _ in stored if stream == "stdout"]) == stdout.count("\n")
     assert len([1 for stream, _ in stored if stream == "stderr"]) == stderr.count("\n") + 1
     assert stored[-1] == ("stderr", "bno newline")
+
+
+def test_a_restarted_agent_leaves_alone_a_process_group_that_reuses_its_commands_pid(
+    server, agents, owner, machine, machine_token, tmp_path
+):
+    """The agent was down long enough for its command's launcher to end and the pid to go
+    to an unrelated process-group leader (the state file names that process, with another
+    start time): the run is reported as ended, and the unrelated group gets no signal."""
+    import subprocess
+
+    from simulations.services import simulation_start
+
+    simulation = simulation_running(owner, machine, ["true"])
+    simulation_start(simulation=simulation)
+    bystander = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        state_dir = tmp_path / "state"
+        run_dir = state_dir / f"simulation-{simulation.pk}"
+        run_dir.mkdir(parents=True)
+        (run_dir / "stdout.log").write_bytes(b"")
+        (run_dir / "stderr.log").write_bytes(b"")
+        (state_dir / "current.json").write_text(
+            json.dumps(
+                {
+                    "simulation_id": simulation.pk,
+                    "pid": bystander.pid,
+                    "start_time": "1",  # the launcher's, long gone
+                    "run_dir": str(run_dir),
+                    "seq": 0,
+                }
+            )
+        )
+        agent = agents(server.url, machine_token)
+        assert _final(simulation).status == Simulation.Status.FAILED
+        assert "ended while the agent was down" in simulation.failure_reason
+        wait_for(lambda: not agent_state(agent).exists(), "the agent to forget the run")
+        assert bystander.poll() is None, f"killed ({bystander.returncode})"
+        assert _machine_status(machine) == Machine.Status.AVAILABLE
+    finally:
+        bystander.kill()
+        bystander.wait()
