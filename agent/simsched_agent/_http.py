@@ -18,11 +18,25 @@ def retryable(status: int) -> bool:
     return status in RETRYABLE or status >= 500
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def server_url(url: str) -> str:
+    """The server as Api reaches it, one spelling per server: the scheme and host in lower
+    case, no default port, no trailing slash (`http://H:80/` is `http://h`). Raises
+    ValueError for anything but an http(s) URL."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    port = "" if parts.port in (None, _DEFAULT_PORTS[scheme]) else f":{parts.port}"
+    return f"{scheme}://{host}{port}{parts.path.rstrip('/')}"
+
+
 class Api:
     def __init__(self, url: str, token: str, *, timeout: float = 10.0):
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {url!r}")
+        parts = urlsplit(server_url(url))
         self._https = parts.scheme == "https"
         self._host = parts.hostname
         self._port = parts.port

@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from simsched_agent._http import Api, Unreachable, retryable
+from simsched_agent._http import Api, Unreachable, retryable, server_url
 from simsched_agent._points import Counters, Sender
 from simsched_agent._spool import claim_orphans, replay_file
 
@@ -39,9 +39,10 @@ MAX_LINES_PER_STREAM = MAX_LINES_PER_REQUEST // len(STREAMS)
 
 
 def default_state_dir(url: str, token: str) -> Path:
-    """One directory per (server, machine token): several agents may share a host."""
+    """One directory per (server, machine token): several agents may share a host. The URL
+    counts as the client reaches it (`http://h:8000/` is `http://h:8000`)."""
     base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    key = hashlib.sha256(f"{url}|{token}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{server_url(url)}|{token}".encode()).hexdigest()[:12]
     return base / "simsched-agent" / key
 
 
@@ -302,7 +303,7 @@ class MachineAgent:
         default_command: list[str] | None = None,
         claim_interval: float = 2.0,
     ):
-        self.url, self.token = url.rstrip("/"), token
+        self.url, self.token = server_url(url), token
         self.grace, self.heartbeat, self.claim_interval = grace, heartbeat, claim_interval
         self.default_command = default_command
         self.state_dir = Path(state_dir) if state_dir else default_state_dir(url, token)

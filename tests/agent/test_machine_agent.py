@@ -486,3 +486,69 @@ def test_a_restarted_agent_leaves_alone_a_process_group_that_reuses_its_commands
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_the_default_state_dir_is_the_same_for_every_spelling_of_the_server(tmp_path):
+    from simsched_agent._machine import default_state_dir
+
+    spellings = ["http://h:8000", "http://h:8000/", "HTTP://H:8000/", " http://h:8000 "]
+    assert len({default_state_dir(url, "token") for url in spellings}) == 1
+    assert default_state_dir("http://h:80/", "t") == default_state_dir("http://h", "t")
+    assert default_state_dir("http://h:8000", "t") != default_state_dir("http://h:8001", "t")
+    assert default_state_dir("http://h/a/", "t") != default_state_dir("http://h/b", "t")
+
+
+def test_an_agent_restarted_with_a_trailing_slash_in_its_url_adopts_its_command(
+    server, owner, machine, machine_token, tmp_path
+):
+    """Without --state-dir the state dir is found from the URL: `http://host:port/` is the
+    same server as `http://host:port`, so the restarted agent adopts the running command
+    instead of failing the run while the command still runs."""
+    import subprocess
+
+    from tests.servers import BIN, REPO
+
+    go = tmp_path / "go"
+    waits = script(
+        tmp_path,
+        "waits.py",
+        f"""
+        import os, time
+        print("up", flush=True)
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.02)
+        """,
+    )
+    simulation = simulation_running(owner, machine, [PYTHON, str(waits)])
+    env = {**os.environ, "SIMSCHED_TOKEN": machine_token, "XDG_STATE_HOME": str(tmp_path / "xdg")}
+    log = tmp_path / "agent.log"
+
+    def start(url):
+        return subprocess.Popen(
+            [str(BIN / "simsched-agent"), "--url", url, "--heartbeat", str(HEARTBEAT)]
+            + ["--claim-interval", "0.2", "--grace", "3", "-v"],
+            cwd=REPO,
+            env=env,
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+
+    first = start(server.url)
+    try:
+        wait_for(lambda: ("stdout", "up") in _log_text(simulation), "the command to start")
+        state = next((tmp_path / "xdg").rglob("current.json"))
+        pid = json.loads(state.read_text())["pid"]
+    finally:
+        first.kill()
+        first.wait()
+    second = start(server.url + "/")
+    try:
+        wait_for(lambda: "adopting pid" in log.read_text(), "the restarted agent to adopt")
+        go.touch()
+        assert _final(simulation).status == Simulation.Status.FINISHED, simulation.failure_reason
+        wait_for(lambda: not _pid_alive(pid), "the command to be gone")
+    finally:
+        second.terminate()
+        second.wait(15)
+        if _pid_alive(pid):
+            os.killpg(pid, signal.SIGKILL)
