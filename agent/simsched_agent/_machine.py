@@ -228,18 +228,22 @@ class _LogShipper:
         self.retry_at = time.monotonic() + delay * random.uniform(0.5, 1.0)
         return False
 
-    def ship_rest(self) -> None:
-        """After the child ended: everything, including a last line without a newline."""
+    def ship_rest(self) -> bool:
+        """After the child ended: everything, including a last line without a newline, for
+        at most FINAL_SHIP_SECONDS; False when some is left (its range stays in the state, to
+        be shipped once the server is back: see MachineAgent._forget)."""
         deadline = time.monotonic() + FINAL_SHIP_SECONDS
         while time.monotonic() < deadline:
             shipped = self.ship(final=True)
             if shipped is None:
-                return
+                return True
             if shipped is False:
                 time.sleep(max(0.0, min(self.retry_at, deadline) - time.monotonic()))
         logger.warning(
-            "simulation %s: server unreachable, last log lines not shipped", self.simulation_id
+            "simulation %s: server unreachable, last log lines not shipped yet",
+            self.simulation_id,
         )
+        return False
 
     def _window_end(self, stream: str, *, final: bool) -> int:
         start = self.state["offsets"][stream]
@@ -333,6 +337,16 @@ class MachineAgent:
             return json.loads(self.state_path.read_text())
         except (OSError, ValueError):
             return None
+
+    def _forget(self) -> None:
+        """The run is over and reported: ship what is left of its output (it ended while the
+        server was away longer than FINAL_SHIP_SECONDS: the server has just answered), then
+        forget it. A restart before the end finds the ranges in the state file (_abandon)."""
+        state = self.state
+        if state is not None and "run_dir" in state and "seq" in state:
+            shipper = _LogShipper(self, state["simulation_id"], Path(state["run_dir"]), state)
+            shipper.ship_rest()
+        self._clear_state()
 
     def _clear_state(self) -> None:
         self.state = None
@@ -440,7 +454,7 @@ class MachineAgent:
                 stopping_since = float("inf")
             time.sleep(TICK_SECONDS)
         child.signal_group(signal.SIGKILL)  # whatever the command left behind in its group
-        shipper.ship_rest()
+        shipper.ship_rest()  # before the report: a requeued run takes no more lines
         self._sync(child.run_dir / "spool", stop)
         outcome, reported = child.outcome(), True
         if stopped_by is not None and stopped_by != "agent":
@@ -463,7 +477,7 @@ class MachineAgent:
             failure = {"reason": describe(outcome, child.stderr_tail())}
             reported = self._report(simulation_id, failure, stop)
         if reported:
-            self._clear_state()
+            self._forget()
 
     def _told_to_stop(self, simulation_id: int) -> str | None:
         """None (keep running), "preempt" (stop, the run resumes later) or "server" (stop: it
@@ -530,7 +544,7 @@ class MachineAgent:
             child = _Child(state["pid"], state.get("start_time"), Path(state["run_dir"]))
             if "outcome" in state:
                 if self._report(state["simulation_id"], state["outcome"] or None, stop):
-                    self._clear_state()
+                    self._forget()
                 return
             logger.info("simulation %s: adopting pid %s", state["simulation_id"], state["pid"])
             self._supervise(state["simulation_id"], child, stop)
@@ -556,4 +570,5 @@ class MachineAgent:
                 time.sleep(TICK_SECONDS)
             child.signal_group(signal.SIGKILL)
         self._sync(Path(state["run_dir"]) / "spool", stop)
-        self._clear_state()
+        self.state = state
+        self._forget()

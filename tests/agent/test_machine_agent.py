@@ -6,10 +6,12 @@ import signal
 import time
 
 import pytest
+from django.db import connection
 
 from machines.models import Machine
 from simulations.models import LogLine, Simulation
 from tests.agent.conftest import HEARTBEAT, PYTHON, script, simulation_running, wait_for
+from tests.servers import database_url, start_daphne
 
 pytestmark = pytest.mark.slow
 
@@ -552,3 +554,44 @@ def test_an_agent_restarted_with_a_trailing_slash_in_its_url_adopts_its_command(
         second.wait(15)
         if _pid_alive(pid):
             os.killpg(pid, signal.SIGKILL)
+
+
+def test_the_last_lines_of_a_command_that_ends_in_a_long_outage_are_shipped_when_it_ends(
+    server, agents, owner, machine, machine_token, tmp_path
+):
+    """The command ends while the server is away longer than FINAL_SHIP_SECONDS: the agent
+    keeps the unshipped range and ships it once the server is back, before forgetting it."""
+    from simsched_agent._machine import FINAL_SHIP_SECONDS
+
+    go = tmp_path / "go"
+    waits = script(
+        tmp_path,
+        "waits.py",
+        f"""
+        import os, sys, time
+        print("before", flush=True)
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.02)
+        print("RuntimeError: CUDA out of memory", file=sys.stderr, flush=True)
+        sys.exit(2)
+        """,
+    )
+    simulation = simulation_running(owner, machine, [PYTHON, str(waits)])
+    agent = agents(server.url, machine_token)
+    wait_for(lambda: ("stdout", "before") in _log_text(simulation), "the command to start")
+    server.stop()
+    connection.close()
+    go.touch()
+    time.sleep(FINAL_SHIP_SECONDS + 3)  # the outage outlasts the agent's last tries
+    assert "last log lines not shipped" in agent.output()
+    back = start_daphne({"DATABASE_URL": database_url(connection.settings_dict)}, port=server.port)
+    try:
+        assert _final(simulation).status == Simulation.Status.FAILED
+        assert "CUDA out of memory" in simulation.failure_reason
+        wait_for(lambda: not agent_state(agent).exists(), "the agent to forget the run")
+        assert _log_text(simulation) == [
+            ("stdout", "before"),
+            ("stderr", "RuntimeError: CUDA out of memory"),
+        ]
+    finally:
+        back.stop()
