@@ -210,15 +210,18 @@ class Sender:
         self.deadline: float | None = None
 
     def send(self, items: list) -> bool:
+        if self._past_deadline():
+            return False
         bodies, singles, rejected = self.encoder(items)
         self.counters.rejected += rejected
         for body in chain(bodies, singles):
-            deadline = self.deadline
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            if not self._post(body):
+            if self._past_deadline() or not self._post(body):
                 return False
         return True
+
+    def _past_deadline(self) -> bool:
+        deadline = self.deadline
+        return deadline is not None and time.monotonic() >= deadline
 
     def _post(self, body: bytes) -> bool:
         try:

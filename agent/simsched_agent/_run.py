@@ -189,7 +189,7 @@ class _Worker(threading.Thread):
             if self.deadline is not None:  # finishing: wait for the retry, not beyond the end
                 time.sleep(max(0.0, min(self.retry_at, self.deadline) - time.monotonic()))
             return
-        if not self._replay():
+        if not self._replay() or self._past_deadline():
             self._spill(items)
             return
         if items and not self.sender.send(items):
