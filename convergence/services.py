@@ -104,12 +104,13 @@ def _after_store(simulation_id: int, points: list[Point]) -> None:
 
 
 def _socket_point(point: Point) -> dict:
-    """`{"step", "loss", "timestamp"}` as the chart endpoints give points; other metrics than
-    loss are named."""
-    sent = {"step": point.step, "loss": point.loss_value, "timestamp": point.timestamp.isoformat()}
-    if point.metric != DEFAULT_METRIC:
-        sent["metric"] = point.metric
-    return sent
+    """`{"step", "loss", "timestamp"}` as the chart endpoints give points, and its `metric`."""
+    return {
+        "step": point.step,
+        "loss": point.loss_value,
+        "timestamp": point.timestamp.isoformat(),
+        "metric": point.metric,
+    }
 
 
 def metric_summaries(points: list[Point]) -> list[tuple]:

@@ -106,7 +106,7 @@ async def test_sockets_watching_one_simulation_share_one_group_membership(auth, 
     assert status == 201
     for viewer in viewers:
         message = await viewer.receive_json_from(timeout=TIMEOUT)
-        assert untimed(message["points"]) == [{"step": 0, "loss": 0.5}]
+        assert untimed(message["points"]) == [{"step": 0, "loss": 0.5, "metric": "loss"}]
 
     for viewer in viewers[:2]:
         await viewer.disconnect()
@@ -183,7 +183,7 @@ async def test_a_point_nobody_watches_is_not_sent_to_the_channel_layer(
     )
     assert status == 201
     message = await viewer.receive_json_from(timeout=TIMEOUT)
-    assert untimed(message["points"]) == [{"step": 1, "loss": 0.4}]
+    assert untimed(message["points"]) == [{"step": 1, "loss": 0.4, "metric": "loss"}]
     assert sent_to.count(group) == 1
     await viewer.disconnect()
 
@@ -238,12 +238,12 @@ async def test_a_viewer_gets_the_points_a_stale_nobody_watches_answer_skipped_on
     assert group not in sent_to  # skipped on the remembered answer: nobody watched
 
     message = await viewer.receive_json_from(timeout=TIMEOUT)  # the catch-up
-    assert untimed(message["points"]) == [{"step": 2, "loss": 0.4}]
+    assert untimed(message["points"]) == [{"step": 2, "loss": 0.4, "metric": "loss"}]
 
     point = {"simulation_id": simulation.pk, "step": 3, "loss_value": 0.3}
     assert (await http_post("/convergence/data", point, token))[0] == 201
     message = await viewer.receive_json_from(timeout=TIMEOUT)  # live: the answer expired
-    assert untimed(message["points"]) == [{"step": 3, "loss": 0.3}]
+    assert untimed(message["points"]) == [{"step": 3, "loss": 0.3, "metric": "loss"}]
     assert sent_to.count(group) == 1
     assert await viewer.receive_nothing(timeout=1)  # each point once
     await viewer.disconnect()
@@ -259,7 +259,7 @@ async def test_points_sent_live_while_catching_up_are_not_sent_again(
     assert (await http_post("/convergence/data", point, token))[0] == 201
 
     message = await viewer.receive_json_from(timeout=TIMEOUT)
-    assert untimed(message["points"]) == [{"step": 0, "loss": 0.5}]
+    assert untimed(message["points"]) == [{"step": 0, "loss": 0.5, "metric": "loss"}]
     # The catch-up runs after 1 s and finds only step 0, already sent.
     assert await viewer.receive_nothing(timeout=2)
     await viewer.disconnect()

@@ -125,7 +125,6 @@ def points_from(
         ]  # fmt: skip
     rows.sort(key=lambda row: (row[0], row[1]))
     return [
-        {"step": step, "loss": value, "timestamp": stamp.isoformat()}
-        | ({} if metric == DEFAULT_METRIC else {"metric": metric})
+        {"step": step, "loss": value, "timestamp": stamp.isoformat(), "metric": metric}
         for step, metric, value, stamp in rows[-limit:]
     ]

@@ -171,7 +171,7 @@ async def test_a_posted_point_arrives_as_one_points_message(api, auth, simulatio
     assert {**message, "points": untimed(message["points"])} == {
         "type": "points",
         "simulation_id": simulation.pk,
-        "points": [{"step": 0, "loss": 0.5}],
+        "points": [{"step": 0, "loss": 0.5, "metric": "loss"}],
     }
     assert await viewer.receive_nothing(timeout=QUIET)
     await viewer.disconnect()
@@ -200,7 +200,9 @@ async def test_a_batch_of_500_points_arrives_as_one_message(api, auth, simulatio
     message = await viewer.receive_json_from(timeout=TIMEOUT)
     assert message["type"] == "points"
     assert message["simulation_id"] == simulation.pk
-    assert untimed(message["points"]) == [{"step": s, "loss": 10.0 / (s + 1)} for s in range(500)]
+    assert untimed(message["points"]) == [
+        {"step": s, "loss": 10.0 / (s + 1), "metric": "loss"} for s in range(500)
+    ]
     assert await viewer.receive_nothing(timeout=QUIET)
     await viewer.disconnect()
 
@@ -217,9 +219,9 @@ async def test_live_points_carry_the_time_they_were_measured(api, auth, simulati
 
     message = await viewer.receive_json_from(timeout=TIMEOUT)
     assert message["points"] == [
-        {"step": 1, "loss": 0.5, "timestamp": at(1)},
+        {"step": 1, "loss": 0.5, "timestamp": at(1), "metric": "loss"},
         {"step": 1, "loss": 0.01, "timestamp": at(1), "metric": "lr"},
-        {"step": 2, "loss": 0.4, "timestamp": at(2)},
+        {"step": 2, "loss": 0.4, "timestamp": at(2), "metric": "loss"},
     ]
     await viewer.disconnect()
 
@@ -260,7 +262,7 @@ async def test_a_bare_sql_point_is_broadcast(api, auth, simulation):
     assert {**message, "points": untimed(message["points"])} == {
         "type": "points",
         "simulation_id": simulation.pk,
-        "points": [{"step": 7, "loss": 0.25}],
+        "points": [{"step": 7, "loss": 0.25, "metric": "loss"}],
     }
     await viewer.disconnect()
 

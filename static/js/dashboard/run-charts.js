@@ -84,7 +84,7 @@ export class RunCharts {
     if (chart.points.length > LIVE_POINTS_LIMIT) this.reloadSoon();
   }
 
-  /** A socket message's points: loss points carry no metric, the others name theirs. */
+  /** A socket message's points, each naming its metric (older servers left `loss` unnamed). */
   addLive(points) {
     const byMetric = new Map();
     for (const point of points) {
