@@ -60,7 +60,7 @@ def test_a_viewer_on_one_server_sees_a_point_posted_to_the_other(two_servers):
     assert {**live, "points": untimed(live["points"])} == {
         "type": "points",
         "simulation_id": simulation.pk,
-        "points": [{"step": 0, "loss": 0.75}],
+        "points": [{"step": 0, "loss": 0.75, "metric": "loss"}],
     }
 
 

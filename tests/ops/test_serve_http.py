@@ -93,7 +93,9 @@ def test_serve_http_serves_the_api_and_live_sockets(serve_http, user):
             body={"simulation_id": simulation.pk, "step": 0, "loss_value": 0.75},
         )
         assert posted.status == 201, posted.body
-        assert untimed(_next_message(ws, "points")["points"]) == [{"step": 0, "loss": 0.75}]
+        assert untimed(_next_message(ws, "points")["points"]) == [
+            {"step": 0, "loss": 0.75, "metric": "loss"}
+        ]
     samples = scrape(url)
     assert (
         samples[("simsched_points_ingested_total", (("endpoint", "convergence-add-point"),))] == 1
